@@ -1,0 +1,245 @@
+//! Node start-up: recover local state and start the node's Raft groups.
+//!
+//! Start-up order: open (and recover) the node WAL, start the metadata group (group 0),
+//! make sure it has a leader and a cluster id, and hand the broker a [`Node`] from which it
+//! starts one Raft group per partition this node replicates. A single node is the one-voter
+//! case of the same code: it initialises each new group with itself as the only voter.
+//!
+//! Restoring from the bucket when the data directory is empty is the next step of this
+//! crate's job (see the tiering issue); today a node recovers from its own WAL only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_metastore::metadata::{
+    decode_response, encode_command, ClusterMetadata, MetadataCommand, MetadataError,
+    MetadataResponse, MetadataState,
+};
+use chronik_metastore::network::PeerNetwork;
+use chronik_metastore::state_machine::{ApplyState, StateMachine};
+use chronik_metastore::types::{GroupId, NodeId, Raft, METADATA_GROUP};
+use chronik_metastore::wal::{Wal, WalConfig, WalError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("open the WAL in {dir}: {source}")]
+    Wal {
+        dir: PathBuf,
+        #[source]
+        source: WalError,
+    },
+    #[error("start raft group {group}: {message}")]
+    Raft { group: GroupId, message: String },
+    #[error("metadata group has no leader after {0:?}")]
+    NoLeader(Duration),
+    #[error("metadata proposal failed: {0}")]
+    Propose(String),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("wal recovery task failed: {0}")]
+    Join(String),
+}
+
+/// Raft timing for every group on the node.
+#[derive(Clone, Debug)]
+pub struct RaftTimings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub wal: WalConfig,
+    pub raft: RaftTimings,
+}
+
+/// A running node: its WAL, its metadata group, and what it needs to start more groups.
+#[derive(Clone)]
+pub struct Node {
+    pub node_id: NodeId,
+    pub wal: Wal,
+    pub metadata_raft: Raft,
+    pub metadata: watch::Receiver<Arc<ClusterMetadata>>,
+    raft_config: Arc<openraft::Config>,
+}
+
+impl Node {
+    /// Opens the WAL, starts the metadata group and waits until it has a leader.
+    pub async fn start(config: NodeConfig) -> Result<Node, BootstrapError> {
+        let wal_config = config.wal.clone();
+        let dir = wal_config.dir.clone();
+        let wal = tokio::task::spawn_blocking(move || Wal::open(wal_config))
+            .await
+            .map_err(|e| BootstrapError::Join(e.to_string()))?
+            .map_err(|source| BootstrapError::Wal { dir, source })?;
+        let raft_config = Arc::new(
+            openraft::Config {
+                cluster_name: "chronik".into(),
+                heartbeat_interval: config.raft.heartbeat_interval_ms,
+                election_timeout_min: config.raft.election_timeout_min_ms,
+                election_timeout_max: config.raft.election_timeout_max_ms,
+                // Data lives in the log until tiering publishes it; snapshots are taken by
+                // the tiering loop, never by a log-count policy.
+                snapshot_policy: SnapshotPolicy::Never,
+                max_payload_entries: 256,
+                ..Default::default()
+            }
+            .validate()
+            .map_err(|e| BootstrapError::Raft {
+                group: METADATA_GROUP,
+                message: e.to_string(),
+            })?,
+        );
+        let (state, metadata) = MetadataState::new();
+        let metadata_raft = start_group(
+            config.node_id,
+            &wal,
+            &raft_config,
+            METADATA_GROUP,
+            StateMachine::new(state),
+        )
+        .await?;
+        let node = Node {
+            node_id: config.node_id,
+            wal,
+            metadata_raft,
+            metadata,
+            raft_config,
+        };
+        let timeout = Duration::from_secs(30);
+        wait_leader(&node.metadata_raft, timeout)
+            .await
+            .ok_or(BootstrapError::NoLeader(timeout))?;
+        // Everything recovered from the WAL is applied before the node serves metadata.
+        let last_log = node.metadata_raft.metrics().borrow().last_log_index;
+        node.metadata_raft
+            .wait(Some(timeout))
+            .applied_index_at_least(last_log, "recover metadata")
+            .await
+            .map_err(|e| BootstrapError::Raft {
+                group: METADATA_GROUP,
+                message: e.to_string(),
+            })?;
+        Ok(node)
+    }
+
+    /// Starts (or recovers) one Raft group with the given state machine. A group with no
+    /// membership yet is initialised with this node as its only voter.
+    pub async fn start_group<A: ApplyState>(
+        &self,
+        group: GroupId,
+        state_machine: StateMachine<A>,
+    ) -> Result<Raft, BootstrapError> {
+        start_group(
+            self.node_id,
+            &self.wal,
+            &self.raft_config,
+            group,
+            state_machine,
+        )
+        .await
+    }
+
+    /// Proposes a metadata command and returns its applied result.
+    pub async fn propose_metadata(
+        &self,
+        command: &MetadataCommand,
+    ) -> Result<MetadataResponse, BootstrapError> {
+        match self
+            .metadata_raft
+            .client_write(encode_command(command))
+            .await
+        {
+            Ok(resp) => Ok(decode_response(&resp.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(BootstrapError::Propose(format!(
+                    "not the metadata leader (leader: {:?})",
+                    f.leader_id
+                )))
+            }
+            Err(e) => Err(BootstrapError::Propose(e.to_string())),
+        }
+    }
+
+    /// The current cluster metadata.
+    pub fn cluster(&self) -> Arc<ClusterMetadata> {
+        self.metadata.borrow().clone()
+    }
+
+    /// Shuts down the metadata group (partition groups are shut down by their owner).
+    pub async fn shutdown(&self) {
+        let _ = self.metadata_raft.shutdown().await;
+    }
+}
+
+async fn start_group<A: ApplyState>(
+    node_id: NodeId,
+    wal: &Wal,
+    raft_config: &Arc<openraft::Config>,
+    group: GroupId,
+    state_machine: StateMachine<A>,
+) -> Result<Raft, BootstrapError> {
+    let raft_err = |message: String| BootstrapError::Raft { group, message };
+    let raft = Raft::new(
+        node_id,
+        raft_config.clone(),
+        PeerNetwork::new(group),
+        wal.log_store(group),
+        state_machine,
+    )
+    .await
+    .map_err(|e| raft_err(e.to_string()))?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| raft_err(e.to_string()))?;
+    if !initialized {
+        let members = BTreeMap::from([(node_id, BasicNode::default())]);
+        match raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(raft_err(e.to_string())),
+        }
+    }
+    Ok(raft)
+}
+
+/// Waits until the group has a leader (any node) and returns its id; `None` on timeout.
+pub async fn wait_leader(raft: &Raft, timeout: Duration) -> Option<NodeId> {
+    let mut rx = raft.metrics();
+    let wait = async {
+        loop {
+            let leader = {
+                let m = rx.borrow_and_update();
+                if m.state == ServerState::Leader {
+                    Some(m.id)
+                } else {
+                    m.current_leader
+                }
+            };
+            if leader.is_some() {
+                return leader;
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.ok().flatten()
+}

@@ -1,0 +1,93 @@
+//! The broker: shared state of a running node and the dispatch of decoded requests to
+//! their handlers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+
+use chronik_bootstrap::Node;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::partition::Registry;
+use crate::protocol::{encode_response, Request};
+
+/// A running broker; cheap to share.
+pub struct Broker {
+    pub config: Config,
+    pub node: Node,
+    pub partitions: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// (host, port) told to clients.
+    pub advertised: (String, u16),
+}
+
+/// A handler's answer: `None` for requests that get no response (produce with acks=0).
+pub type Reply = BoxFuture<'static, Option<ResponseKind>>;
+
+pub fn ready(resp: ResponseKind) -> Reply {
+    futures::future::ready(Some(resp)).boxed()
+}
+
+impl Broker {
+    /// Handles one request. Work whose order matters across requests of one connection
+    /// (proposing produce batches) is done before this returns; the returned future only
+    /// waits for results, so a connection can pipeline requests and still answer in order.
+    pub async fn handle(self: &Arc<Self>, req: Request) -> BoxFuture<'static, Option<Bytes>> {
+        let started = Instant::now();
+        let api = req.api_key;
+        let version = req.version;
+        let correlation_id = req.header.correlation_id;
+        let reply = match req.body {
+            RequestKind::ApiVersions(r) => ready(self.api_versions(r)),
+            RequestKind::Metadata(r) => ready(self.metadata(r, version).await),
+            RequestKind::Produce(r) => self.produce(r, version).await,
+            RequestKind::Fetch(r) => {
+                let this = self.clone();
+                async move { Some(this.fetch(r, version).await) }.boxed()
+            }
+            RequestKind::ListOffsets(r) => ready(self.list_offsets(r, version).await),
+            RequestKind::OffsetForLeaderEpoch(r) => ready(self.offset_for_leader_epoch(r)),
+            RequestKind::CreateTopics(r) => ready(self.create_topics(r, version).await),
+            RequestKind::DeleteTopics(r) => ready(self.delete_topics(r, version).await),
+            RequestKind::CreatePartitions(r) => ready(self.create_partitions(r).await),
+            RequestKind::DescribeConfigs(r) => ready(self.describe_configs(r)),
+            RequestKind::AlterConfigs(r) => ready(self.alter_configs(r).await),
+            RequestKind::IncrementalAlterConfigs(r) => {
+                ready(self.incremental_alter_configs(r).await)
+            }
+            RequestKind::DescribeCluster(r) => ready(self.describe_cluster(r)),
+            RequestKind::InitProducerId(r) => ready(self.init_producer_id(r).await),
+            other => {
+                // decode_request only lets advertised APIs through, so this is a bug.
+                tracing::error!(?api, "no handler for decoded request {:?}", other);
+                futures::future::ready(None).boxed()
+            }
+        };
+        let metrics = self.metrics.clone();
+        async move {
+            let resp = reply.await;
+            let encoded = match resp {
+                Some(resp) => match encode_response(correlation_id, version, &resp) {
+                    Ok(b) => Some(b),
+                    Err(err) => {
+                        tracing::error!(?api, version, %err, "encode response");
+                        None
+                    }
+                },
+                None => None,
+            };
+            metrics.observe_request(api, started.elapsed());
+            encoded
+        }
+        .boxed()
+    }
+
+    pub fn api_name(api: ApiKey) -> &'static str {
+        crate::metrics::api_name(api)
+    }
+}

@@ -1,0 +1,164 @@
+//! Node configuration: built-in defaults → `chronik.toml` (`--config`) → `CHRONIK_*`
+//! environment → command-line flags, merged with figment.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use chronik_metastore::wal::FsyncPolicy;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub node_id: u64,
+    pub kafka_addr: String,
+    /// The address clients are told to connect to; defaults to `kafka_addr`.
+    pub advertised_addr: Option<String>,
+    /// Metrics (`/metrics`) and health (`/health`).
+    pub http_addr: String,
+    pub data_dir: PathBuf,
+    /// `file://…`, `s3://bucket/prefix`, `gs://…`, `az://…`; default `<data_dir>/bucket`.
+    pub bucket: Option<String>,
+    pub raft_addr: Option<String>,
+    pub peers: Option<String>,
+    /// Create topics on first Metadata or Produce reference (`auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic (`num.partitions`).
+    pub num_partitions: u32,
+    /// Largest record batch accepted, unless a topic overrides it (`message.max.bytes`).
+    pub message_max_bytes: u32,
+    /// Largest request frame accepted (`socket.request.max.bytes`).
+    pub socket_request_max_bytes: u32,
+    /// Requests one connection may have in flight before the broker stops reading from it.
+    pub max_inflight_requests_per_connection: usize,
+    /// Largest fetch wait honoured, whatever a client asks for.
+    pub fetch_max_wait_ms_cap: u64,
+    pub wal_segment_bytes: u64,
+    /// `always` (fsync every group commit), `never`, or `interval` (see `wal_fsync_interval_ms`).
+    pub wal_fsync: String,
+    pub wal_fsync_interval_ms: u64,
+    pub raft_heartbeat_interval_ms: u64,
+    pub raft_election_timeout_min_ms: u64,
+    pub raft_election_timeout_max_ms: u64,
+    /// Log filter, e.g. `info` or `chronik=debug`; `RUST_LOG` wins when set.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            kafka_addr: "127.0.0.1:9092".into(),
+            advertised_addr: None,
+            http_addr: "127.0.0.1:9644".into(),
+            data_dir: PathBuf::from("./data"),
+            bucket: None,
+            raft_addr: None,
+            peers: None,
+            auto_create_topics: true,
+            num_partitions: 1,
+            message_max_bytes: 1_048_588,
+            socket_request_max_bytes: 104_857_600,
+            max_inflight_requests_per_connection: 64,
+            fetch_max_wait_ms_cap: 30_000,
+            wal_segment_bytes: 64 << 20,
+            wal_fsync: "always".into(),
+            wal_fsync_interval_ms: 5,
+            raft_heartbeat_interval_ms: 100,
+            raft_election_timeout_min_ms: 300,
+            raft_election_timeout_max_ms: 600,
+            log: "info,openraft=warn".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Merges the layers. `flags` holds only the flags given on the command line.
+    pub fn load(config_file: Option<&Path>, flags: &impl Serialize) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = config_file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment
+            .merge(Env::prefixed("CHRONIK_").ignore(&["bin", "config"]))
+            .merge(Serialized::defaults(flags));
+        let config: Config = figment
+            .extract()
+            .context("read configuration (defaults, config file, CHRONIK_* environment, flags)")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        parse_addr("kafka-addr", &self.kafka_addr)?;
+        parse_addr("http-addr", &self.http_addr)?;
+        self.advertised()?;
+        self.fsync_policy()?;
+        if self.num_partitions == 0 {
+            bail!("num-partitions must be at least 1");
+        }
+        if self.message_max_bytes < 128 {
+            bail!("message-max-bytes must be at least 128");
+        }
+        if self.raft_election_timeout_min_ms <= self.raft_heartbeat_interval_ms
+            || self.raft_election_timeout_max_ms <= self.raft_election_timeout_min_ms
+        {
+            bail!(
+                "raft timings must satisfy heartbeat < election-timeout-min < election-timeout-max"
+            );
+        }
+        if let Some(peers) = &self.peers {
+            let others: Vec<&str> = peers
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && !p.starts_with(&format!("{}@", self.node_id)))
+                .collect();
+            if !others.is_empty() {
+                bail!(
+                    "multi-node clusters (--peers with other nodes: {}) are not available yet; run a single node",
+                    others.join(",")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fsync_policy(&self) -> anyhow::Result<FsyncPolicy> {
+        match self.wal_fsync.as_str() {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            "interval" => Ok(FsyncPolicy::IntervalMs(self.wal_fsync_interval_ms.max(1))),
+            other => bail!("wal-fsync must be always, interval or never, not {other:?}"),
+        }
+    }
+
+    /// The (host, port) advertised to clients.
+    pub fn advertised(&self) -> anyhow::Result<(String, u16)> {
+        let addr = self.advertised_addr.as_deref().unwrap_or(&self.kafka_addr);
+        let (host, port) = addr
+            .rsplit_once(':')
+            .with_context(|| format!("advertised-addr {addr:?} must be HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("advertised-addr {addr:?} has a bad port"))?;
+        if host.is_empty() {
+            bail!("advertised-addr {addr:?} has no host");
+        }
+        Ok((host.to_string(), port))
+    }
+}
+
+/// Resolves a listen address (`IP:PORT` or `HOST:PORT`).
+pub fn parse_addr(flag: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("--{flag} {addr:?} must be HOST:PORT, e.g. 127.0.0.1:9092"))
+}

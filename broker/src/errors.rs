@@ -1,0 +1,66 @@
+//! The one table from internal errors to Kafka error codes.
+
+use chronik_bootstrap::BootstrapError;
+use chronik_metastore::metadata::MetadataError;
+
+use crate::partition::batch::BatchError;
+
+/// Kafka error codes used by Chronik (see the Kafka protocol guide's error table).
+pub mod code {
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const NONE: i16 = 0;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const NOT_CONTROLLER: i16 = 41;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
+    pub const POLICY_VIOLATION: i16 = 44;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const INVALID_RECORD: i16 = 87;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
+}
+
+pub fn batch_error_code(e: &BatchError) -> i16 {
+    match e {
+        BatchError::Crc | BatchError::Truncated(_) => code::CORRUPT_MESSAGE,
+        BatchError::UnsupportedMagic(_) => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        BatchError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
+        BatchError::Invalid(_) | BatchError::NotOneBatch => code::INVALID_RECORD,
+        BatchError::Transactional => code::INVALID_RECORD,
+    }
+}
+
+pub fn metadata_error_code(e: &MetadataError) -> i16 {
+    match e {
+        MetadataError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
+        MetadataError::UnknownTopic(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+        MetadataError::Malformed(_) => code::INVALID_REQUEST,
+    }
+}
+
+pub fn bootstrap_error_code(e: &BootstrapError) -> i16 {
+    match e {
+        BootstrapError::Metadata(m) => metadata_error_code(m),
+        BootstrapError::Propose(_) | BootstrapError::NoLeader(_) => code::NOT_CONTROLLER,
+        _ => code::UNKNOWN_SERVER_ERROR,
+    }
+}

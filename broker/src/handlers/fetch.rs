@@ -1,0 +1,158 @@
+//! Fetch: read stored batches from the offset asked for, honouring the response and
+//! partition byte limits, and long-poll (wake on a new high watermark) until `min_bytes`
+//! is there or `max_wait_ms` has passed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::errors::code;
+use crate::partition::Partition;
+
+impl Broker {
+    pub(crate) async fn fetch(self: Arc<Self>, req: FetchRequest, version: i16) -> ResponseKind {
+        let wait_ms = (req.max_wait_ms.max(0) as u64).min(self.config.fetch_max_wait_ms_cap);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        let min_bytes = req.min_bytes.max(0) as usize;
+        loop {
+            // Subscribe before reading so that an append between the read and the wait
+            // still wakes us.
+            let mut watches: Vec<watch::Receiver<i64>> = Vec::new();
+            let (resp, bytes, errors) = self.fetch_once(&req, version, &mut watches).await;
+            if bytes >= min_bytes.max(1)
+                || errors
+                || Instant::now() >= deadline
+                || watches.is_empty()
+            {
+                self.metrics.add_bytes_out(bytes as u64);
+                return ResponseKind::Fetch(resp);
+            }
+            let changed =
+                futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                // Timed out: answer with what is there now (possibly less than min_bytes).
+                let (resp, bytes, _) = self.fetch_once(&req, version, &mut Vec::new()).await;
+                self.metrics.add_bytes_out(bytes as u64);
+                return ResponseKind::Fetch(resp);
+            }
+        }
+    }
+
+    /// One pass over the requested partitions: (response, record bytes, any partition error).
+    async fn fetch_once(
+        &self,
+        req: &FetchRequest,
+        version: i16,
+        watches: &mut Vec<watch::Receiver<i64>>,
+    ) -> (FetchResponse, usize, bool) {
+        let mut resp = FetchResponse::default();
+        let mut remaining = if req.max_bytes <= 0 {
+            i32::MAX as usize
+        } else {
+            req.max_bytes as usize
+        };
+        let mut total = 0usize;
+        let mut any_error = false;
+        for topic in &req.topics {
+            let mut t = FetchableTopicResponse::default();
+            t.topic = topic.topic.clone();
+            t.topic_id = topic.topic_id;
+            for fp in &topic.partitions {
+                let mut pd = PartitionData::default();
+                pd.partition_index = fp.partition;
+                pd.high_watermark = -1;
+                pd.last_stable_offset = -1;
+                pd.log_start_offset = -1;
+                pd.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
+                pd.aborted_transactions = Some(Vec::new());
+                match self.partitions.get(topic.topic.0.as_str(), fp.partition) {
+                    None => pd.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
+                        match self
+                            .read_partition(&p, fp, limit, total == 0, &mut pd)
+                            .await
+                        {
+                            Ok(n) => {
+                                total += n;
+                                remaining = remaining.saturating_sub(n);
+                                watches.push(p.log.read().subscribe());
+                            }
+                            Err(e) => pd.error_code = e,
+                        }
+                    }
+                }
+                if version < 5 {
+                    // log_start_offset exists from v5 on.
+                    pd.log_start_offset = -1;
+                }
+                any_error |= pd.error_code != code::NONE;
+                t.partitions.push(pd);
+            }
+            resp.responses.push(t);
+        }
+        (resp, total, any_error)
+    }
+
+    /// Fills `pd` for one partition; returns the record bytes added.
+    async fn read_partition(
+        &self,
+        p: &Partition,
+        fp: &kafka_protocol::messages::fetch_request::FetchPartition,
+        limit: usize,
+        first: bool,
+        pd: &mut PartitionData,
+    ) -> Result<usize, i16> {
+        if !p.is_leader(self.node.node_id) {
+            return Err(code::NOT_LEADER_OR_FOLLOWER);
+        }
+        let epoch = p.leader_epoch();
+        if fp.current_leader_epoch >= 0 {
+            if fp.current_leader_epoch < epoch {
+                return Err(code::FENCED_LEADER_EPOCH);
+            }
+            if fp.current_leader_epoch > epoch {
+                return Err(code::UNKNOWN_LEADER_EPOCH);
+            }
+        }
+        let (batches, start, hwm) = {
+            let log = p.log.read();
+            let (start, hwm) = (log.log_start_offset(), log.high_watermark());
+            let batches = if fp.fetch_offset < hwm && limit > 0 {
+                // KIP-74: the first batch of the response is returned even over the limit.
+                let max = if first { limit.max(1) } else { limit };
+                let mut b = log.batches_from(fp.fetch_offset, max);
+                if !first && b.first().is_some_and(|x| x.bytes as usize > limit) {
+                    b.clear();
+                }
+                b
+            } else {
+                Vec::new()
+            };
+            (batches, start, hwm)
+        };
+        pd.high_watermark = hwm;
+        pd.last_stable_offset = hwm;
+        pd.log_start_offset = start;
+        if fp.fetch_offset < start || fp.fetch_offset > hwm {
+            return Err(code::OFFSET_OUT_OF_RANGE);
+        }
+        let records = if batches.is_empty() {
+            Bytes::new()
+        } else {
+            p.read(&batches).await.map_err(|e| {
+                tracing::error!(topic = %p.topic, partition = p.index, err = %e, "read stored batches");
+                code::KAFKA_STORAGE_ERROR
+            })?
+        };
+        let n = records.len();
+        pd.records = Some(records);
+        Ok(n)
+    }
+}

@@ -1,0 +1,146 @@
+//! ListOffsets (earliest, latest, max timestamp, by timestamp) and OffsetForLeaderEpoch.
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, ResponseKind,
+};
+use kafka_protocol::records::RecordBatchDecoder;
+
+use crate::broker::Broker;
+use crate::errors::code;
+use crate::partition::Partition;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+impl Broker {
+    pub(crate) async fn list_offsets(&self, req: ListOffsetsRequest, version: i16) -> ResponseKind {
+        let mut resp = ListOffsetsResponse::default();
+        for topic in req.topics {
+            let mut t = ListOffsetsTopicResponse::default();
+            t.name = topic.name.clone();
+            for lp in topic.partitions {
+                let mut r = ListOffsetsPartitionResponse::default();
+                r.partition_index = lp.partition_index;
+                r.timestamp = -1;
+                r.offset = -1;
+                r.leader_epoch = -1;
+                match self
+                    .partitions
+                    .get(topic.name.0.as_str(), lp.partition_index)
+                {
+                    None => r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) if !p.is_leader(self.node.node_id) => {
+                        r.error_code = code::NOT_LEADER_OR_FOLLOWER
+                    }
+                    Some(p) => match self.lookup_offset(&p, lp.timestamp).await {
+                        Ok((offset, timestamp, epoch)) => {
+                            r.offset = offset;
+                            r.timestamp = timestamp;
+                            // leader_epoch exists from v4 on.
+                            if version >= 4 {
+                                r.leader_epoch = epoch;
+                            }
+                        }
+                        Err(e) => r.error_code = e,
+                    },
+                }
+                t.partitions.push(r);
+            }
+            resp.topics.push(t);
+        }
+        ResponseKind::ListOffsets(resp)
+    }
+
+    /// (offset, timestamp, leader epoch) for a ListOffsets query.
+    async fn lookup_offset(&self, p: &Partition, query: i64) -> Result<(i64, i64, i32), i16> {
+        let (start, hwm, epoch, batch) = {
+            let log = p.log.read();
+            let batch = match query {
+                LATEST | EARLIEST => None,
+                MAX_TIMESTAMP => log.batch_with_max_timestamp(),
+                ts if ts >= 0 => log.batch_for_timestamp(ts),
+                _ => return Err(code::INVALID_REQUEST),
+            };
+            (
+                log.log_start_offset(),
+                log.high_watermark(),
+                log.current_epoch(),
+                batch,
+            )
+        };
+        match query {
+            LATEST => return Ok((hwm, -1, epoch)),
+            EARLIEST => return Ok((start, -1, epoch)),
+            _ => {}
+        }
+        // No batch at or after the timestamp: Kafka answers offset -1.
+        let Some(batch) = batch else {
+            return Ok((-1, -1, -1));
+        };
+        let mut bytes = p.read(&[batch]).await.map_err(|e| {
+            tracing::error!(topic = %p.topic, partition = p.index, err = %e, "read batch for timestamp lookup");
+            code::KAFKA_STORAGE_ERROR
+        })?;
+        let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
+            tracing::error!(topic = %p.topic, partition = p.index, err = %e, "decode stored batch");
+            code::CORRUPT_MESSAGE
+        })?;
+        let target = if query == MAX_TIMESTAMP {
+            batch.max_timestamp
+        } else {
+            query
+        };
+        let record = set
+            .records
+            .iter()
+            .find(|r| r.timestamp >= target)
+            .or(set.records.last());
+        match record {
+            Some(r) => Ok((r.offset, r.timestamp, batch.leader_epoch)),
+            None => Ok((batch.base_offset, batch.max_timestamp, batch.leader_epoch)),
+        }
+    }
+
+    pub(crate) fn offset_for_leader_epoch(&self, req: OffsetForLeaderEpochRequest) -> ResponseKind {
+        let mut resp = OffsetForLeaderEpochResponse::default();
+        for topic in req.topics {
+            let mut t = OffsetForLeaderTopicResult::default();
+            t.topic = topic.topic.clone();
+            for op in topic.partitions {
+                let mut r = EpochEndOffset::default();
+                r.partition = op.partition;
+                r.leader_epoch = -1;
+                r.end_offset = -1;
+                match self.partitions.get(topic.topic.0.as_str(), op.partition) {
+                    None => r.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) if !p.is_leader(self.node.node_id) => {
+                        r.error_code = code::NOT_LEADER_OR_FOLLOWER
+                    }
+                    Some(p) => {
+                        let current = p.leader_epoch();
+                        if op.current_leader_epoch >= 0 && op.current_leader_epoch < current {
+                            r.error_code = code::FENCED_LEADER_EPOCH;
+                        } else if op.current_leader_epoch > current {
+                            r.error_code = code::UNKNOWN_LEADER_EPOCH;
+                        } else {
+                            let (epoch, end) = p.log.read().end_offset_for_epoch(op.leader_epoch);
+                            r.leader_epoch = epoch;
+                            r.end_offset = end;
+                        }
+                    }
+                }
+                t.partitions.push(r);
+            }
+            resp.topics.push(t);
+        }
+        ResponseKind::OffsetForLeaderEpoch(resp)
+    }
+}

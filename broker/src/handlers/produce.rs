@@ -1,0 +1,161 @@
+//! Produce: validate each partition's batch, propose it to the partition's Raft group in
+//! request order, then wait for the applied results.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use openraft::error::ClientWriteError;
+
+use chronik_metastore::types::TypeConfig;
+
+use super::str_bytes;
+use crate::broker::{Broker, Reply};
+use crate::errors::{batch_error_code, code};
+use crate::partition::batch::validate_produce;
+use crate::partition::log::{append_command, AppendResult};
+use crate::topic_config;
+
+type Receiver = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
+
+enum Pending {
+    Done(i16, Option<String>),
+    Proposed(Receiver),
+}
+
+impl Broker {
+    pub(crate) async fn produce(self: &Arc<Self>, req: ProduceRequest, version: i16) -> Reply {
+        let acks = req.acks;
+        let timeout = Duration::from_millis(req.timeout_ms.clamp(1, 300_000) as u64);
+        let mut pending: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Pending)>)> =
+            Vec::new();
+        for topic in req.topic_data {
+            let name = topic.name.0.to_string();
+            let mut parts = Vec::new();
+            let topic_meta = self.topic_for_produce(&name).await;
+            for p in topic.partition_data {
+                let result = match (&topic_meta, acks) {
+                    (_, a) if !(a == -1 || a == 0 || a == 1) => {
+                        Pending::Done(code::INVALID_REQUIRED_ACKS, None)
+                    }
+                    _ if req.transactional_id.is_some() => Pending::Done(
+                        code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                        Some("transactions are not supported".into()),
+                    ),
+                    (Err(e), _) => Pending::Done(*e, None),
+                    (Ok(max_bytes), _) => {
+                        self.propose_batch(&name, p.index, p.records, *max_bytes)
+                            .await
+                    }
+                };
+                parts.push((p.index, result));
+            }
+            pending.push((topic.name, parts));
+        }
+        async move {
+            let mut resp = ProduceResponse::default();
+            for (name, parts) in pending {
+                let mut t = TopicProduceResponse::default();
+                t.name = name;
+                for (index, p) in parts {
+                    let mut r = PartitionProduceResponse::default();
+                    r.index = index;
+                    r.base_offset = -1;
+                    r.log_append_time_ms = -1;
+                    r.log_start_offset = -1;
+                    let (error, message) = match p {
+                        Pending::Done(e, m) => (e, m),
+                        Pending::Proposed(rx) => match tokio::time::timeout(timeout, rx).await {
+                            Err(_) => (code::REQUEST_TIMED_OUT, None),
+                            Ok(Err(_)) => (
+                                code::NOT_LEADER_OR_FOLLOWER,
+                                Some("partition stopped".into()),
+                            ),
+                            Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => {
+                                (code::NOT_LEADER_OR_FOLLOWER, None)
+                            }
+                            Ok(Ok(Err(e))) => (code::UNKNOWN_SERVER_ERROR, Some(e.to_string())),
+                            Ok(Ok(Ok(written))) => {
+                                let res = AppendResult::decode(&written.data);
+                                r.base_offset = res.base_offset;
+                                if version >= 5 {
+                                    r.log_start_offset = res.log_start_offset;
+                                }
+                                (res.error, None)
+                            }
+                        },
+                    };
+                    r.error_code = error;
+                    // error_message exists from v8 on.
+                    if version >= 8 {
+                        r.error_message = message.map(str_bytes);
+                    }
+                    t.partition_responses.push(r);
+                }
+                resp.responses.push(t);
+            }
+            (acks != 0).then_some(ResponseKind::Produce(resp))
+        }
+        .boxed()
+    }
+
+    /// The topic's max.message.bytes, creating the topic when allowed; else the error code.
+    async fn topic_for_produce(&self, name: &str) -> Result<usize, i16> {
+        let lookup =
+            |b: &Broker| {
+                b.node.cluster().topics.get(name).map(|t| {
+                    topic_config::max_message_bytes(&t.configs, b.config.message_max_bytes)
+                })
+            };
+        if let Some(max) = lookup(self) {
+            return Ok(max);
+        }
+        if topic_config::validate_topic_name(name).is_err() {
+            return Err(code::INVALID_TOPIC_EXCEPTION);
+        }
+        if !self.config.auto_create_topics {
+            return Err(code::UNKNOWN_TOPIC_OR_PARTITION);
+        }
+        let _ = self.auto_create_topic(name).await;
+        self.partitions
+            .wait_ready(
+                name,
+                self.config.num_partitions as usize,
+                Duration::from_secs(5),
+            )
+            .await;
+        lookup(self).ok_or(code::UNKNOWN_TOPIC_OR_PARTITION)
+    }
+
+    async fn propose_batch(
+        &self,
+        topic: &str,
+        index: i32,
+        records: Option<bytes::Bytes>,
+        max_message_bytes: usize,
+    ) -> Pending {
+        let Some(partition) = self.partitions.get(topic, index) else {
+            return Pending::Done(code::UNKNOWN_TOPIC_OR_PARTITION, None);
+        };
+        if !partition.is_leader(self.node.node_id) {
+            return Pending::Done(code::NOT_LEADER_OR_FOLLOWER, None);
+        }
+        let Some(records) = records else {
+            return Pending::Done(code::INVALID_RECORD, Some("no records".into()));
+        };
+        self.metrics.add_bytes_in(records.len() as u64);
+        if let Err(e) = validate_produce(&records, max_message_bytes) {
+            return Pending::Done(batch_error_code(&e), Some(e.to_string()));
+        }
+        match partition
+            .raft
+            .client_write_ff(append_command(&records))
+            .await
+        {
+            Ok(rx) => Pending::Proposed(rx),
+            Err(e) => Pending::Done(code::NOT_LEADER_OR_FOLLOWER, Some(e.to_string())),
+        }
+    }
+}

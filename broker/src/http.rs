@@ -1,0 +1,91 @@
+//! The HTTP endpoint for `/metrics` (Prometheus text) and `/health`.
+//!
+//! It answers single GET requests on a connection and closes it; bodies are small and
+//! scrapers reconnect, so a full HTTP stack would buy nothing here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::broker::Broker;
+use crate::metrics::Gauges;
+
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &broker)).await;
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    // Read until the end of the request head (or the buffer is full).
+    while len < buf.len() {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let (status, content_type, body) = match path {
+        "/health" => match broker.health() {
+            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            broker.metrics.render(&broker.gauges()),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "not found: try /metrics or /health\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+impl Broker {
+    pub fn gauges(&self) -> Gauges {
+        let w = self.node.wal.stats();
+        Gauges {
+            partitions: self.partitions.count(),
+            wal_bytes: w.bytes_on_disk,
+            wal_segments: w.segments,
+            wal_appends: w.appends,
+            wal_fsyncs: w.fsyncs,
+            wal_fsync_micros_total: w.fsync_micros_total,
+            wal_fsync_micros_max: w.fsync_micros_max,
+        }
+    }
+
+    /// Healthy when the metadata group has a leader.
+    pub fn health(&self) -> Result<(), String> {
+        let m = self.node.metadata_raft.metrics();
+        let m = m.borrow();
+        if m.current_leader.is_some() {
+            Ok(())
+        } else {
+            Err("metadata group has no leader".into())
+        }
+    }
+}

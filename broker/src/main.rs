@@ -1,0 +1,120 @@
+//! The `chronik` binary.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use chronik_broker::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "chronik",
+    version,
+    about = "Chronik: a Kafka-compatible broker whose durable home for data is an object store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a node. With no flags: a single node on 127.0.0.1:9092, data in ./data,
+    /// bucket in ./bucket. Every flag is also CHRONIK_<NAME> and a key in chronik.toml.
+    Serve(ServeArgs),
+}
+
+/// Only flags given on the command line are set, so they override lower layers and nothing else.
+#[derive(clap::Args, Serialize)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<u64>,
+    /// Kafka listener, HOST:PORT [default: 127.0.0.1:9092].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka_addr: Option<String>,
+    /// Address given to clients in metadata [default: the kafka address].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertised_addr: Option<String>,
+    /// HTTP listener for /metrics and /health [default: 127.0.0.1:9644].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_addr: Option<String>,
+    /// Local state: the WAL [default: ./data].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Object store URL (file://DIR; s3://, gs://, az:// with tiering) [default: a `bucket`
+    /// directory next to the data directory].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bucket: Option<String>,
+    /// Raft listener for multi-node clusters.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raft_addr: Option<String>,
+    /// Cluster members, ID@HOST:PORT,…
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<String>,
+    /// Create topics on first use [default: true].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_partitions: Option<u32>,
+    /// Largest record batch accepted [default: 1048588].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_max_bytes: Option<u32>,
+    /// Largest request accepted [default: 104857600].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_request_max_bytes: Option<u32>,
+    /// WAL fsync policy: always, interval, never [default: always].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_fsync: Option<String>,
+    /// With --wal-fsync interval: milliseconds between fsyncs [default: 5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_fsync_interval_ms: Option<u64>,
+    /// Log filter, e.g. info or chronik_broker=debug [default: info].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(args.config.as_deref(), &args)?;
+            init_tracing(&config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("chronik")
+                .build()?;
+            runtime.block_on(chronik_broker::serve::run(config))
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,328 @@
+//! The partition state machine: what a partition's committed Raft log means in Kafka terms.
+//!
+//! Each committed `Append` command carries one record batch as the client sent it. Apply
+//! checks the producer's sequence, assigns the next offsets and records where the batch
+//! lives (its Raft log index), so fetches read batches straight out of the log. Everything
+//! is a deterministic function of the log, so every replica assigns the same offsets, and a
+//! restart rebuilds the same index by replaying the log.
+//!
+//! Invariants: `batches` is sorted by offset and contiguous from `log_start_offset` to
+//! `log_end_offset`; the leader epoch of a batch is the Raft term of its entry.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use chronik_metastore::state_machine::ApplyState;
+use chronik_metastore::types::{Command, CommandResponse, LogId};
+
+use super::batch::BatchHeader;
+use super::producers::{ProducerTable, SequenceCheck};
+use crate::errors::code;
+
+const CMD_APPEND: u8 = 1;
+/// Offset of the batch inside an append command (after the kind byte).
+pub const APPEND_BATCH_POS: usize = 1;
+
+/// Encodes an append command around one validated batch.
+pub fn append_command(batch: &[u8]) -> Command {
+    let mut b = BytesMut::with_capacity(batch.len() + 1);
+    b.put_u8(CMD_APPEND);
+    b.put_slice(batch);
+    Command(b.freeze())
+}
+
+/// The outcome of one append, as every replica computed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    pub error: i16,
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+impl AppendResult {
+    fn encode(&self) -> CommandResponse {
+        let mut b = BytesMut::with_capacity(18);
+        b.put_i16(self.error);
+        b.put_i64(self.base_offset);
+        b.put_i64(self.log_start_offset);
+        CommandResponse(b.freeze())
+    }
+
+    pub fn decode(resp: &CommandResponse) -> AppendResult {
+        let mut b = resp.0.clone();
+        if b.len() < 18 {
+            return AppendResult {
+                error: code::UNKNOWN_SERVER_ERROR,
+                base_offset: -1,
+                log_start_offset: -1,
+            };
+        }
+        AppendResult {
+            error: b.get_i16(),
+            base_offset: b.get_i64(),
+            log_start_offset: b.get_i64(),
+        }
+    }
+}
+
+/// Where one batch lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchLocation {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub leader_epoch: i32,
+    /// Raft log index of the append entry holding the batch.
+    pub log_index: u64,
+    pub bytes: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PartitionLog {
+    batches: Vec<BatchLocation>,
+    log_start_offset: i64,
+    log_end_offset: i64,
+    /// (leader epoch, first offset written in it), ascending.
+    epochs: Vec<(i32, i64)>,
+    producers: ProducerTable,
+    #[serde(skip, default = "hwm_channel")]
+    hwm: watch::Sender<i64>,
+}
+
+fn hwm_channel() -> watch::Sender<i64> {
+    watch::channel(0).0
+}
+
+impl Default for PartitionLog {
+    fn default() -> Self {
+        Self {
+            batches: Vec::new(),
+            log_start_offset: 0,
+            log_end_offset: 0,
+            epochs: Vec::new(),
+            producers: ProducerTable::default(),
+            hwm: hwm_channel(),
+        }
+    }
+}
+
+impl PartitionLog {
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// Every applied offset is committed, so the log end is the high watermark.
+    pub fn high_watermark(&self) -> i64 {
+        self.log_end_offset
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.hwm.subscribe()
+    }
+
+    pub fn current_epoch(&self) -> i32 {
+        self.epochs.last().map(|e| e.0).unwrap_or(0)
+    }
+
+    /// Batches from the one containing `offset`, until `max_bytes` is reached (the first
+    /// batch is always included, as Kafka does, so a consumer can always make progress).
+    pub fn batches_from(&self, offset: i64, max_bytes: usize) -> Vec<BatchLocation> {
+        let start = self.batches.partition_point(|b| b.last_offset < offset);
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for b in &self.batches[start..] {
+            if !out.is_empty() && total + b.bytes as usize > max_bytes {
+                break;
+            }
+            total += b.bytes as usize;
+            out.push(*b);
+        }
+        out
+    }
+
+    /// The first batch whose max timestamp is at or after `timestamp`.
+    pub fn batch_for_timestamp(&self, timestamp: i64) -> Option<BatchLocation> {
+        self.batches
+            .iter()
+            .find(|b| b.max_timestamp >= timestamp)
+            .copied()
+    }
+
+    /// The batch with the largest timestamp (the first such, as Kafka picks).
+    pub fn batch_with_max_timestamp(&self) -> Option<BatchLocation> {
+        let mut best: Option<BatchLocation> = None;
+        for b in &self.batches {
+            if best.is_none_or(|x| b.max_timestamp > x.max_timestamp) {
+                best = Some(*b);
+            }
+        }
+        best
+    }
+
+    /// For OffsetForLeaderEpoch: the largest epoch <= `epoch` and the end offset of it
+    /// (the start offset of the next epoch, or the log end).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let idx = self.epochs.partition_point(|(e, _)| *e <= epoch);
+        if idx == 0 {
+            return (-1, -1);
+        }
+        let (found, _) = self.epochs[idx - 1];
+        let end = self
+            .epochs
+            .get(idx)
+            .map(|(_, start)| *start)
+            .unwrap_or(self.log_end_offset);
+        (found, end)
+    }
+
+    fn append(&mut self, log_id: &LogId, batch: &[u8]) -> AppendResult {
+        let result = |error, base_offset| AppendResult {
+            error,
+            base_offset,
+            log_start_offset: self.log_start_offset,
+        };
+        // The leader validated the batch before proposing; a replica that disagrees about its
+        // header must not apply it (and will answer the same on every replica).
+        let Ok(header) = BatchHeader::parse(batch) else {
+            return result(code::CORRUPT_MESSAGE, -1);
+        };
+        match self.producers.check(&header) {
+            SequenceCheck::Append => {}
+            SequenceCheck::Duplicate(base) => return result(code::NONE, base),
+            SequenceCheck::OutOfOrder => return result(code::OUT_OF_ORDER_SEQUENCE_NUMBER, -1),
+            SequenceCheck::StaleEpoch => return result(code::INVALID_PRODUCER_EPOCH, -1),
+        }
+        let base_offset = self.log_end_offset;
+        let last_offset = base_offset + header.last_offset_delta as i64;
+        self.producers.record(&header, base_offset);
+        self.batches.push(BatchLocation {
+            base_offset,
+            last_offset,
+            max_timestamp: header.max_timestamp,
+            leader_epoch: log_id.leader_id.term as i32,
+            log_index: log_id.index,
+            bytes: header.batch_len as u32,
+        });
+        self.log_end_offset = last_offset + 1;
+        result(code::NONE, base_offset)
+    }
+}
+
+impl ApplyState for PartitionLog {
+    fn apply(&mut self, log_id: &LogId, command: &Command) -> CommandResponse {
+        let bytes: &Bytes = &command.0;
+        let result = match bytes.first() {
+            Some(&CMD_APPEND) => self.append(log_id, &bytes[APPEND_BATCH_POS..]),
+            _ => AppendResult {
+                error: code::CORRUPT_MESSAGE,
+                base_offset: -1,
+                log_start_offset: self.log_start_offset,
+            },
+        };
+        result.encode()
+    }
+
+    fn observe_entry(&mut self, log_id: &LogId) {
+        let term = log_id.leader_id.term as i32;
+        if self.epochs.last().is_none_or(|(e, _)| *e < term) {
+            self.epochs.push((term, self.log_end_offset));
+        }
+    }
+
+    fn to_snapshot(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| e.to_string())
+    }
+
+    fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {
+        let log: PartitionLog = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        log.hwm.send_replace(log.log_end_offset);
+        Ok(log)
+    }
+
+    fn applied(state: &Arc<RwLock<Self>>) {
+        let s = state.read();
+        s.hwm.send_if_modified(|hwm| {
+            let changed = *hwm != s.log_end_offset;
+            *hwm = s.log_end_offset;
+            changed
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::tests::batch;
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId as RaftLogId};
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        RaftLogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn apply(log: &mut PartitionLog, term: u64, index: u64, b: &[u8]) -> AppendResult {
+        let id = log_id(term, index);
+        log.observe_entry(&id);
+        AppendResult::decode(&log.apply(&id, &append_command(b)))
+    }
+
+    #[test]
+    fn offsets_are_assigned_consecutively_at_apply() {
+        let mut log = PartitionLog::default();
+        assert_eq!(
+            apply(&mut log, 1, 1, &batch(-1, -1, -1, 3, 10)).base_offset,
+            0
+        );
+        assert_eq!(
+            apply(&mut log, 1, 2, &batch(-1, -1, -1, 2, 20)).base_offset,
+            3
+        );
+        assert_eq!(log.high_watermark(), 5);
+        let found = log.batches_from(4, 1);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].base_offset, found[0].log_index), (3, 2));
+        assert_eq!(log.batches_from(0, 1 << 20).len(), 2);
+        assert!(log.batches_from(5, 1 << 20).is_empty());
+        assert_eq!(log.batch_for_timestamp(15).map(|b| b.base_offset), Some(3));
+        assert_eq!(log.batch_for_timestamp(25), None);
+    }
+
+    #[test]
+    fn duplicate_idempotent_batch_gets_original_offset_and_no_new_offsets() {
+        let mut log = PartitionLog::default();
+        let b = batch(9, 0, 0, 2, 0);
+        assert_eq!(apply(&mut log, 1, 1, &b).base_offset, 0);
+        let again = apply(&mut log, 1, 2, &b);
+        assert_eq!((again.error, again.base_offset), (code::NONE, 0));
+        assert_eq!(log.high_watermark(), 2);
+        let gap = apply(&mut log, 1, 3, &batch(9, 0, 5, 1, 0));
+        assert_eq!(gap.error, code::OUT_OF_ORDER_SEQUENCE_NUMBER);
+    }
+
+    #[test]
+    fn leader_epochs_are_terms_and_answer_offset_for_leader_epoch() {
+        let mut log = PartitionLog::default();
+        apply(&mut log, 1, 1, &batch(-1, -1, -1, 2, 0));
+        apply(&mut log, 3, 2, &batch(-1, -1, -1, 2, 0));
+        assert_eq!(log.current_epoch(), 3);
+        assert_eq!(log.end_offset_for_epoch(1), (1, 2));
+        assert_eq!(log.end_offset_for_epoch(2), (1, 2));
+        assert_eq!(log.end_offset_for_epoch(3), (3, 4));
+        assert_eq!(log.end_offset_for_epoch(0), (-1, -1));
+        assert_eq!(log.batches_from(2, 1)[0].leader_epoch, 3);
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let mut log = PartitionLog::default();
+        apply(&mut log, 1, 1, &batch(4, 0, 0, 2, 0));
+        let restored =
+            PartitionLog::from_snapshot(&log.to_snapshot().expect("snap")).expect("restore");
+        assert_eq!(restored.high_watermark(), 2);
+        assert_eq!(restored.batches, log.batches);
+        assert_eq!(restored.producers.len(), 1);
+    }
+}

@@ -1,0 +1,9 @@
+//! Partitions: the Kafka meaning of a partition's Raft group, and the registry of the
+//! partition groups this node runs.
+
+pub mod batch;
+pub mod log;
+pub mod producers;
+mod registry;
+
+pub use registry::{Partition, Registry};

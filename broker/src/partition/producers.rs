@@ -1,0 +1,153 @@
+//! Idempotent-producer state of one partition: per producer id, its epoch and the last five
+//! batches' sequence ranges, as Kafka keeps them. Checked at apply time so every replica
+//! reaches the same verdict.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::batch::BatchHeader;
+
+/// Kafka keeps metadata for this many most recent batches per producer (max.in.flight 5).
+const RECENT_BATCHES: usize = 5;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ProducerEntry {
+    epoch: i16,
+    /// (first sequence, last sequence, base offset), oldest first.
+    recent: VecDeque<(i32, i32, i64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// Append the batch.
+    Append,
+    /// Already appended at this base offset: answer with it, append nothing.
+    Duplicate(i64),
+    OutOfOrder,
+    StaleEpoch,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProducerTable {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+impl ProducerTable {
+    pub fn check(&self, h: &BatchHeader) -> SequenceCheck {
+        if !h.is_idempotent() {
+            return SequenceCheck::Append;
+        }
+        let Some(p) = self.producers.get(&h.producer_id) else {
+            return if h.base_sequence == 0 {
+                SequenceCheck::Append
+            } else {
+                SequenceCheck::OutOfOrder
+            };
+        };
+        if h.producer_epoch < p.epoch {
+            return SequenceCheck::StaleEpoch;
+        }
+        if h.producer_epoch > p.epoch {
+            return if h.base_sequence == 0 {
+                SequenceCheck::Append
+            } else {
+                SequenceCheck::OutOfOrder
+            };
+        }
+        let last_seq = h.last_sequence();
+        if let Some(&(_, _, base)) = p
+            .recent
+            .iter()
+            .find(|(first, last, _)| *first == h.base_sequence && *last == last_seq)
+        {
+            return SequenceCheck::Duplicate(base);
+        }
+        match p.recent.back() {
+            Some(&(_, last, _)) if next_seq(last) == h.base_sequence => SequenceCheck::Append,
+            None if h.base_sequence == 0 => SequenceCheck::Append,
+            _ => SequenceCheck::OutOfOrder,
+        }
+    }
+
+    /// Records an appended batch; call only after [`ProducerTable::check`] said `Append`.
+    pub fn record(&mut self, h: &BatchHeader, base_offset: i64) {
+        if !h.is_idempotent() {
+            return;
+        }
+        let p = self.producers.entry(h.producer_id).or_default();
+        if h.producer_epoch != p.epoch {
+            p.epoch = h.producer_epoch;
+            p.recent.clear();
+        }
+        p.recent
+            .push_back((h.base_sequence, h.last_sequence(), base_offset));
+        while p.recent.len() > RECENT_BATCHES {
+            p.recent.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::tests::batch;
+    use super::*;
+
+    fn header(pid: i64, epoch: i16, seq: i32, count: i32) -> BatchHeader {
+        BatchHeader::parse(&batch(pid, epoch, seq, count, 0)).expect("header")
+    }
+
+    #[test]
+    fn in_order_batches_append_and_retries_are_duplicates() {
+        let mut t = ProducerTable::default();
+        let a = header(1, 0, 0, 3);
+        assert_eq!(t.check(&a), SequenceCheck::Append);
+        t.record(&a, 100);
+        let b = header(1, 0, 3, 2);
+        assert_eq!(t.check(&b), SequenceCheck::Append);
+        t.record(&b, 103);
+        assert_eq!(t.check(&a), SequenceCheck::Duplicate(100));
+        assert_eq!(t.check(&b), SequenceCheck::Duplicate(103));
+    }
+
+    #[test]
+    fn gaps_and_unknown_producers_mid_sequence_are_out_of_order() {
+        let mut t = ProducerTable::default();
+        assert_eq!(t.check(&header(1, 0, 5, 1)), SequenceCheck::OutOfOrder);
+        let a = header(1, 0, 0, 1);
+        t.record(&a, 0);
+        assert_eq!(t.check(&header(1, 0, 2, 1)), SequenceCheck::OutOfOrder);
+    }
+
+    #[test]
+    fn epochs_fence_old_producers_and_reset_sequences() {
+        let mut t = ProducerTable::default();
+        t.record(&header(1, 3, 0, 10), 0);
+        assert_eq!(t.check(&header(1, 2, 10, 1)), SequenceCheck::StaleEpoch);
+        assert_eq!(t.check(&header(1, 4, 0, 1)), SequenceCheck::Append);
+        assert_eq!(t.check(&header(1, 4, 7, 1)), SequenceCheck::OutOfOrder);
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered() {
+        let mut t = ProducerTable::default();
+        for i in 0..7 {
+            t.record(&header(1, 0, i, 1), i as i64);
+        }
+        assert_eq!(t.check(&header(1, 0, 6, 1)), SequenceCheck::Duplicate(6));
+        assert_eq!(t.check(&header(1, 0, 0, 1)), SequenceCheck::OutOfOrder);
+        assert_eq!(t.len(), 1);
+    }
+}

@@ -1,0 +1,138 @@
+//! `chronik serve`: bring a node up and run it until SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use chronik_bootstrap::{Node, NodeConfig, RaftTimings};
+use chronik_metastore::metadata::{BrokerInfo, MetadataCommand};
+use chronik_metastore::wal::WalConfig;
+
+use crate::broker::Broker;
+use crate::config::{parse_addr, Config};
+use crate::metrics::Metrics;
+use crate::partition::Registry;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let advertised = config.advertised()?;
+    // Bind first: a port in use is the most common start-up mistake; say so before anything else.
+    let kafka_addr = parse_addr("kafka-addr", &config.kafka_addr)?;
+    let kafka = TcpListener::bind(kafka_addr)
+        .await
+        .with_context(|| format!("bind --kafka-addr {kafka_addr} (is another broker running?)"))?;
+    let http_addr = parse_addr("http-addr", &config.http_addr)?;
+    let http = TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("bind --http-addr {http_addr} (is another broker running?)"))?;
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create --data-dir {}", config.data_dir.display()))?;
+    let bucket_url = match &config.bucket {
+        Some(url) => url.clone(),
+        None => chronik_tiering::default_bucket_url(&config.data_dir)?,
+    };
+    let bucket = chronik_tiering::Bucket::open(&bucket_url)
+        .await
+        .with_context(|| format!("open --bucket {bucket_url}"))?;
+
+    let node = Node::start(NodeConfig {
+        node_id: config.node_id,
+        wal: WalConfig {
+            dir: config.data_dir.join("wal"),
+            segment_bytes: config.wal_segment_bytes,
+            fsync: config.fsync_policy()?,
+        },
+        raft: RaftTimings {
+            heartbeat_interval_ms: config.raft_heartbeat_interval_ms,
+            election_timeout_min_ms: config.raft_election_timeout_min_ms,
+            election_timeout_max_ms: config.raft_election_timeout_max_ms,
+        },
+    })
+    .await
+    .context("start node")?;
+
+    let meta = node.cluster();
+    if meta.cluster_id.is_none() {
+        let cluster_id = uuid::Uuid::new_v4().simple().to_string();
+        node.propose_metadata(&MetadataCommand::InitCluster { cluster_id })
+            .await
+            .context("initialise cluster id")?;
+    }
+    let me = BrokerInfo {
+        node_id: config.node_id,
+        host: advertised.0.clone(),
+        port: advertised.1,
+    };
+    if meta.brokers.get(&config.node_id) != Some(&me) {
+        node.propose_metadata(&MetadataCommand::RegisterBroker(me))
+            .await
+            .context("register broker")?;
+    }
+
+    let partitions = Registry::new(node.clone());
+    partitions
+        .reconcile(&node.cluster())
+        .await
+        .context("start partitions")?;
+    partitions.spawn_reconciler();
+
+    let broker = Arc::new(Broker {
+        config,
+        node: node.clone(),
+        partitions: partitions.clone(),
+        metrics: Arc::new(Metrics::default()),
+        advertised,
+    });
+    tracing::info!(
+        node_id = broker.config.node_id,
+        kafka = %kafka_addr,
+        http = %http_addr,
+        data_dir = %broker.config.data_dir.display(),
+        bucket = %bucket.url(),
+        partitions = partitions.count(),
+        "chronik is serving"
+    );
+    let kafka_task = tokio::spawn(crate::server::serve(kafka, broker.clone()));
+    let http_task = tokio::spawn(crate::http::serve(http, broker.clone()));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    kafka_task.abort();
+    http_task.abort();
+    let stop = async {
+        partitions.shutdown().await;
+        node.shutdown().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .is_err()
+    {
+        tracing::warn!("raft groups did not stop within 10s; exiting anyway");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,156 @@
+//! The Kafka listener: one task per connection reading frames, a bounded pipeline of
+//! requests in flight, responses written in request order (as Kafka requires).
+//!
+//! A reader task owns the socket's read half and hands complete frames over a bounded
+//! channel, so a slow or stalled client only ever blocks its own connection. Frames over
+//! `socket_request_max_bytes`, unknown APIs and undecodable requests close the connection,
+//! as a Kafka broker does; an ApiVersions request for a version we lack gets the v0 error
+//! answer so the client can retry with a version we have.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::broker::Broker;
+use crate::protocol::{self, DecodeError};
+
+/// A connection that sends no complete request for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    broker.metrics.connection_opened();
+                    if let Err(err) = connection(stream, &broker).await {
+                        tracing::debug!(%peer, %err, "connection closed");
+                    }
+                    broker.metrics.connection_closed();
+                });
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("request frame of {0} bytes is over socket.request.max.bytes {1}")]
+    TooLarge(i64, u32),
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+async fn read_frames(
+    mut rd: OwnedReadHalf,
+    max_bytes: u32,
+    tx: mpsc::Sender<Result<Bytes, ConnError>>,
+) {
+    loop {
+        let frame = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut rd, max_bytes)).await;
+        let frame = match frame {
+            Err(_) => Err(ConnError::Idle(IDLE_TIMEOUT)),
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(f))) => Ok(f),
+            Ok(Err(e)) => Err(e),
+        };
+        let stop = frame.is_err();
+        if tx.send(frame).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// Reads one length-prefixed frame; `None` on a clean end of stream.
+async fn read_frame(rd: &mut OwnedReadHalf, max_bytes: u32) -> Result<Option<Bytes>, ConnError> {
+    let mut len = [0u8; 4];
+    match rd.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = i32::from_be_bytes(len) as i64;
+    if len < 0 || len > max_bytes as i64 {
+        return Err(ConnError::TooLarge(len, max_bytes));
+    }
+    let mut buf = BytesMut::zeroed(len as usize);
+    rd.read_exact(&mut buf).await?;
+    Ok(Some(buf.freeze()))
+}
+
+async fn connection(stream: TcpStream, broker: &Arc<Broker>) -> Result<(), ConnError> {
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let max_inflight = broker.config.max_inflight_requests_per_connection.max(1);
+    let (tx, mut rx) = mpsc::channel(max_inflight);
+    let reader = tokio::spawn(read_frames(rd, broker.config.socket_request_max_bytes, tx));
+    let _abort_reader = AbortOnDrop(reader);
+    let mut inflight = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                let reply: Option<Bytes> = reply;
+                if let Some(bytes) = reply {
+                    wr.write_all(&bytes).await?;
+                }
+            }
+            frame = rx.recv(), if inflight.len() < max_inflight => {
+                let Some(frame) = frame else {
+                    // Client closed: finish what it asked for, then stop.
+                    while let Some(reply) = inflight.next().await {
+                        if let Some(bytes) = reply {
+                            wr.write_all(&bytes).await?;
+                        }
+                    }
+                    return Ok(());
+                };
+                let frame = frame.inspect_err(|_| broker.metrics.bad_request())?;
+                match protocol::decode_request(frame.clone()) {
+                    Ok(req) => inflight.push_back(broker.handle(req).await),
+                    Err(DecodeError::UnsupportedVersion { api: ApiKey::ApiVersions, .. }) => {
+                        let pre = protocol::preamble(&frame)?;
+                        let answer = protocol::api_versions_fallback(pre.correlation_id)
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        inflight.push_back(Box::pin(futures::future::ready(Some(answer))));
+                    }
+                    Err(e) => {
+                        broker.metrics.bad_request();
+                        // Answer what is in flight, then close, as Kafka does.
+                        while let Some(reply) = inflight.next().await {
+                            if let Some(bytes) = reply {
+                                wr.write_all(&bytes).await?;
+                            }
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

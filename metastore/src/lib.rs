@@ -1,0 +1,14 @@
+//! Consensus plumbing and cluster metadata for Chronik.
+//!
+//! - [`types`]: the openraft type configuration every Raft group shares.
+//! - [`wal`]: the node's one segmented write-ahead log, which is the openraft log storage of
+//!   every Raft group on the node.
+//! - [`state_machine`]: the openraft state machine adapter every group uses.
+//! - [`metadata`]: the cluster metadata state machine (group 0).
+//! - [`network`]: the Raft transport between nodes.
+
+pub mod metadata;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+pub mod wal;

@@ -1,0 +1,62 @@
+//! Metadata commands and their results. Encoded as JSON: metadata changes are rare and
+//! small, and a self-describing encoding keeps old logs readable as commands grow fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::state::BrokerInfo;
+use crate::types::NodeId;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// Sets the cluster id once; later proposals are ignored.
+    InitCluster {
+        cluster_id: String,
+    },
+    RegisterBroker(BrokerInfo),
+    CreateTopic {
+        name: String,
+        id: Uuid,
+        /// One replica list per partition.
+        assignments: Vec<Vec<NodeId>>,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Grows a topic to `assignments.len()` more partitions.
+    CreatePartitions {
+        name: String,
+        new_assignments: Vec<Vec<NodeId>>,
+    },
+    /// Sets (Some) or removes (None) config overrides; with `replace_all`, every override
+    /// not named is removed first (the AlterConfigs semantics).
+    AlterTopicConfigs {
+        name: String,
+        changes: BTreeMap<String, Option<String>>,
+        replace_all: bool,
+    },
+    /// Allocates `count` consecutive producer ids.
+    AllocateProducerIds {
+        count: i64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataResponse {
+    Ok,
+    ProducerIds { first: i64 },
+    Error(MetadataError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
+    #[error("malformed metadata command: {0}")]
+    Malformed(String),
+}

@@ -1,0 +1,212 @@
+//! The replicated cluster metadata and its deterministic apply function.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::command::{MetadataCommand, MetadataError, MetadataResponse};
+use crate::types::{GroupId, NodeId, METADATA_GROUP};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub node_id: NodeId,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// The Raft group that stores this partition.
+    pub group: GroupId,
+    pub replicas: Vec<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub id: Uuid,
+    pub partitions: Vec<PartitionMeta>,
+    /// Overrides only; defaults are the broker's.
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMetadata {
+    pub cluster_id: Option<String>,
+    pub brokers: BTreeMap<NodeId, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicMeta>,
+    pub next_group: GroupId,
+    pub next_producer_id: i64,
+}
+
+impl Default for ClusterMetadata {
+    fn default() -> Self {
+        Self {
+            cluster_id: None,
+            brokers: BTreeMap::new(),
+            topics: BTreeMap::new(),
+            next_group: METADATA_GROUP + 1,
+            next_producer_id: 1000,
+        }
+    }
+}
+
+impl ClusterMetadata {
+    pub fn topic_by_id(&self, id: Uuid) -> Option<(&String, &TopicMeta)> {
+        self.topics.iter().find(|(_, t)| t.id == id)
+    }
+
+    fn new_partitions(&mut self, assignments: Vec<Vec<NodeId>>) -> Vec<PartitionMeta> {
+        assignments
+            .into_iter()
+            .map(|replicas| {
+                let group = self.next_group;
+                self.next_group += 1;
+                PartitionMeta { group, replicas }
+            })
+            .collect()
+    }
+
+    pub fn apply(&mut self, cmd: MetadataCommand) -> MetadataResponse {
+        match cmd {
+            MetadataCommand::InitCluster { cluster_id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id);
+                }
+            }
+            MetadataCommand::RegisterBroker(info) => {
+                self.brokers.insert(info.node_id, info);
+            }
+            MetadataCommand::CreateTopic {
+                name,
+                id,
+                assignments,
+                configs,
+            } => {
+                if self.topics.contains_key(&name) {
+                    return MetadataResponse::Error(MetadataError::TopicExists(name));
+                }
+                let partitions = self.new_partitions(assignments);
+                self.topics.insert(
+                    name,
+                    TopicMeta {
+                        id,
+                        partitions,
+                        configs,
+                    },
+                );
+            }
+            MetadataCommand::DeleteTopic { name } => {
+                if self.topics.remove(&name).is_none() {
+                    return MetadataResponse::Error(MetadataError::UnknownTopic(name));
+                }
+            }
+            MetadataCommand::CreatePartitions {
+                name,
+                new_assignments,
+            } => {
+                if !self.topics.contains_key(&name) {
+                    return MetadataResponse::Error(MetadataError::UnknownTopic(name));
+                }
+                let added = self.new_partitions(new_assignments);
+                if let Some(topic) = self.topics.get_mut(&name) {
+                    topic.partitions.extend(added);
+                }
+            }
+            MetadataCommand::AlterTopicConfigs {
+                name,
+                changes,
+                replace_all,
+            } => {
+                let Some(topic) = self.topics.get_mut(&name) else {
+                    return MetadataResponse::Error(MetadataError::UnknownTopic(name));
+                };
+                if replace_all {
+                    topic.configs.clear();
+                }
+                for (key, value) in changes {
+                    match value {
+                        Some(v) => topic.configs.insert(key, v),
+                        None => topic.configs.remove(&key),
+                    };
+                }
+            }
+            MetadataCommand::AllocateProducerIds { count } => {
+                let first = self.next_producer_id;
+                self.next_producer_id = first.saturating_add(count.max(1));
+                return MetadataResponse::ProducerIds { first };
+            }
+        }
+        MetadataResponse::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, partitions: usize) -> MetadataCommand {
+        MetadataCommand::CreateTopic {
+            name: name.into(),
+            id: Uuid::nil(),
+            assignments: vec![vec![1]; partitions],
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn topics_get_distinct_groups_and_duplicates_are_refused() {
+        let mut m = ClusterMetadata::default();
+        assert_eq!(m.apply(create("a", 2)), MetadataResponse::Ok);
+        assert_eq!(m.apply(create("b", 1)), MetadataResponse::Ok);
+        let groups: Vec<_> = m
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter().map(|p| p.group))
+            .collect();
+        assert_eq!(groups, vec![1, 2, 3]);
+        assert_eq!(
+            m.apply(create("a", 1)),
+            MetadataResponse::Error(MetadataError::TopicExists("a".into()))
+        );
+    }
+
+    #[test]
+    fn groups_are_never_reused_after_delete() {
+        let mut m = ClusterMetadata::default();
+        m.apply(create("a", 1));
+        m.apply(MetadataCommand::DeleteTopic { name: "a".into() });
+        m.apply(create("a", 1));
+        assert_eq!(m.topics["a"].partitions[0].group, 2);
+    }
+
+    #[test]
+    fn alter_configs_replace_and_incremental() {
+        let mut m = ClusterMetadata::default();
+        m.apply(create("a", 1));
+        let set = |k: &str, v: Option<&str>, replace_all| MetadataCommand::AlterTopicConfigs {
+            name: "a".into(),
+            changes: [(k.to_string(), v.map(str::to_string))].into(),
+            replace_all,
+        };
+        m.apply(set("retention.ms", Some("10"), false));
+        m.apply(set("cleanup.policy", Some("delete"), false));
+        assert_eq!(m.topics["a"].configs.len(), 2);
+        m.apply(set("retention.ms", None, false));
+        assert_eq!(m.topics["a"].configs.len(), 1);
+        m.apply(set("max.message.bytes", Some("5"), true));
+        assert_eq!(
+            m.topics["a"].configs.keys().collect::<Vec<_>>(),
+            vec!["max.message.bytes"]
+        );
+    }
+
+    #[test]
+    fn producer_ids_are_allocated_in_blocks() {
+        let mut m = ClusterMetadata::default();
+        let a = m.apply(MetadataCommand::AllocateProducerIds { count: 10 });
+        let b = m.apply(MetadataCommand::AllocateProducerIds { count: 10 });
+        assert_eq!(a, MetadataResponse::ProducerIds { first: 1000 });
+        assert_eq!(b, MetadataResponse::ProducerIds { first: 1010 });
+    }
+}

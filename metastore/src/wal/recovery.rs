@@ -1,0 +1,180 @@
+//! Recovery: replays every segment in order and rebuilds each group's state.
+//!
+//! Torn tail versus corruption: a crash can leave the end of the *last* segment incomplete
+//! (a partial frame, a last frame whose CRC does not match, or a zero-filled region). That
+//! data was never acknowledged, so it is cut off and logged. Anything else that does not
+//! check out (a bad frame followed by real data, or a bad frame in an earlier segment, which
+//! was fsynced before the next one was created) may be acknowledged data, so recovery stops
+//! with an error naming the segment and offset instead of dropping it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use super::error::WalError;
+use super::format::{
+    self, parse_frame_header, Record, FRAME_HEADER_LEN, MAX_PAYLOAD_BYTES, SEGMENT_HEADER_LEN,
+};
+use super::group::{EntryLoc, GroupState, Slot};
+use super::segment;
+use crate::types::GroupId;
+
+/// What recovery found on disk.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    pub groups: HashMap<GroupId, GroupState>,
+    /// Segment id -> valid length in bytes. Never empty: a fresh WAL gets segment 0.
+    pub segments: BTreeMap<u64, u64>,
+    /// Global write position after the last valid byte (sum of segment lengths).
+    pub end_pos: u64,
+}
+
+/// Scans `dir` (which must exist), cutting a torn tail off the last segment.
+pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
+    let ids = segment::list(dir)?;
+    let mut rec = Recovered::default();
+    if ids.is_empty() {
+        drop(segment::create(dir, 0)?);
+        rec.segments.insert(0, SEGMENT_HEADER_LEN);
+        rec.end_pos = SEGMENT_HEADER_LEN;
+        return Ok(rec);
+    }
+    let last = ids.len() - 1;
+    for (i, id) in ids.iter().copied().enumerate() {
+        let len = scan_segment(dir, id, i == last, rec.end_pos, &mut rec.groups)?;
+        rec.segments.insert(id, len);
+        rec.end_pos += len;
+    }
+    Ok(rec)
+}
+
+/// Replays one segment into `groups`; returns its valid length.
+fn scan_segment(
+    dir: &Path,
+    id: u64,
+    is_last: bool,
+    base_pos: u64,
+    groups: &mut HashMap<GroupId, GroupState>,
+) -> Result<u64, WalError> {
+    let path = segment::path(dir, id);
+    let name = segment::file_name(id);
+    let file = File::open(&path).map_err(|e| WalError::io("open segment", &path, e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| WalError::io("stat segment", &path, e))?
+        .len();
+    let io = |e| WalError::io("read segment", &path, e);
+
+    if file_len < SEGMENT_HEADER_LEN {
+        if !is_last {
+            return Err(WalError::corrupt(
+                &name,
+                0,
+                "segment shorter than its header",
+            ));
+        }
+        tracing::warn!(segment = %name, len = file_len, "wal: rewriting torn segment header");
+        segment::rewrite_header(dir, id)?;
+        return Ok(SEGMENT_HEADER_LEN);
+    }
+    let mut r = BufReader::with_capacity(1 << 20, &file);
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    r.read_exact(&mut header).map_err(io)?;
+    format::check_segment_header(&header).map_err(|m| WalError::corrupt(&name, 0, m))?;
+
+    let mut off = SEGMENT_HEADER_LEN;
+    let mut payload = Vec::new();
+    while off < file_len {
+        let remaining = file_len - off;
+        if remaining < FRAME_HEADER_LEN {
+            return torn(dir, id, is_last, off, "incomplete frame header");
+        }
+        let mut h = [0u8; FRAME_HEADER_LEN as usize];
+        r.read_exact(&mut h).map_err(io)?;
+        let (len, crc) = parse_frame_header(h);
+        if len == 0 && crc == 0 {
+            if segment::rest_is_zero(&file, off, file_len).map_err(io)? {
+                return torn(dir, id, is_last, off, "zero-filled tail");
+            }
+            return Err(WalError::corrupt(
+                &name,
+                off,
+                "zero frame header before data",
+            ));
+        }
+        if len > MAX_PAYLOAD_BYTES {
+            return Err(WalError::corrupt(
+                &name,
+                off,
+                format!("frame length {len} above limit {MAX_PAYLOAD_BYTES}"),
+            ));
+        }
+        let frame_len = FRAME_HEADER_LEN + u64::from(len);
+        if frame_len > remaining {
+            return torn(dir, id, is_last, off, "incomplete frame");
+        }
+        payload.resize(len as usize, 0);
+        r.read_exact(&mut payload).map_err(io)?;
+        if crc32fast::hash(&payload) != crc {
+            let end = off + frame_len;
+            if end == file_len || segment::rest_is_zero(&file, end, file_len).map_err(io)? {
+                return torn(dir, id, is_last, off, "crc mismatch in last frame");
+            }
+            return Err(WalError::corrupt(
+                &name,
+                off,
+                "crc mismatch before further frames",
+            ));
+        }
+        let (group, record) = format::decode_payload(&payload)
+            .map_err(|e| WalError::corrupt(&name, off, e.to_string()))?;
+        let loc = EntryLoc {
+            segment: id,
+            offset: off,
+            frame_len,
+            pos: base_pos + off,
+            log_id: match &record {
+                Record::Entry(e) => e.log_id,
+                _ => Default::default(),
+            },
+        };
+        replay(groups, group, record, loc);
+        off += frame_len;
+    }
+    Ok(off)
+}
+
+/// Applies one recovered record.
+fn replay(
+    groups: &mut HashMap<GroupId, GroupState>,
+    group: GroupId,
+    record: Record,
+    loc: EntryLoc,
+) {
+    match record {
+        Record::DropGroup => {
+            groups.remove(&group);
+        }
+        Record::Entry(_) => groups
+            .entry(group)
+            .or_default()
+            .insert(Slot { loc, cached: None }),
+        other => groups.entry(group).or_default().apply(&other),
+    }
+}
+
+/// Cuts the last segment at `off`, or reports corruption in an earlier one.
+fn torn(dir: &Path, id: u64, is_last: bool, off: u64, why: &str) -> Result<u64, WalError> {
+    let name = segment::file_name(id);
+    if !is_last {
+        return Err(WalError::corrupt(
+            &name,
+            off,
+            format!("{why} in a sealed segment"),
+        ));
+    }
+    tracing::warn!(segment = %name, offset = off, reason = why, "wal: cutting torn tail");
+    segment::truncate(dir, id, off)?;
+    Ok(off)
+}

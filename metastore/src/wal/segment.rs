@@ -1,0 +1,161 @@
+//! Segment files: naming, listing, creation and positional reads.
+//!
+//! A segment is `<dir>/<16-digit zero-padded id>.wal`; ids increase by one per roll, so the
+//! name order is the write order. A new segment is created with its header and fsynced,
+//! and the directory is fsynced, before any frame is written to it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::error::WalError;
+use super::format::{self, parse_frame_header, FRAME_HEADER_LEN};
+use crate::types::GroupId;
+
+const SUFFIX: &str = ".wal";
+
+/// File name of segment `id`.
+pub fn file_name(id: u64) -> String {
+    format!("{id:016}{SUFFIX}")
+}
+
+/// Path of segment `id` in `dir`.
+pub fn path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(file_name(id))
+}
+
+/// Segment ids in `dir`, ascending. Files that are not segments are skipped with a warning.
+pub fn list(dir: &Path) -> Result<Vec<u64>, WalError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| WalError::io("read dir", dir, e))?;
+    let mut ids = Vec::new();
+    for item in rd {
+        let item = item.map_err(|e| WalError::io("read dir", dir, e))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(SUFFIX) else {
+            continue;
+        };
+        match stem.parse::<u64>() {
+            Ok(id) if stem.len() == 16 => ids.push(id),
+            _ => tracing::warn!(file = name, "ignoring unexpected file in wal dir"),
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Creates segment `id` with its header, fsynced along with the directory. Returns the file
+/// opened for appending.
+pub fn create(dir: &Path, id: u64) -> Result<File, WalError> {
+    let p = path(dir, id);
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&p)
+        .map_err(|e| WalError::io("create segment", &p, e))?;
+    f.write_all(&format::segment_header())
+        .map_err(|e| WalError::io("write segment header", &p, e))?;
+    f.sync_all()
+        .map_err(|e| WalError::io("fsync segment", &p, e))?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+/// Rewrites the header of a segment whose header write was torn (file shorter than it).
+pub fn rewrite_header(dir: &Path, id: u64) -> Result<(), WalError> {
+    let p = path(dir, id);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .map_err(|e| WalError::io("open segment", &p, e))?;
+    f.set_len(0)
+        .map_err(|e| WalError::io("truncate segment", &p, e))?;
+    f.write_all_at(&format::segment_header(), 0)
+        .map_err(|e| WalError::io("write segment header", &p, e))?;
+    f.sync_all()
+        .map_err(|e| WalError::io("fsync segment", &p, e))
+}
+
+/// Opens an existing segment for appending at its end.
+pub fn open_append(dir: &Path, id: u64) -> Result<File, WalError> {
+    let p = path(dir, id);
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .map_err(|e| WalError::io("open segment", &p, e))?;
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| WalError::io("seek segment", &p, e))?;
+    Ok(f)
+}
+
+/// Cuts segment `id` to `len` bytes and fsyncs it.
+pub fn truncate(dir: &Path, id: u64, len: u64) -> Result<(), WalError> {
+    let p = path(dir, id);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .map_err(|e| WalError::io("open segment", &p, e))?;
+    f.set_len(len)
+        .map_err(|e| WalError::io("truncate segment", &p, e))?;
+    f.sync_all()
+        .map_err(|e| WalError::io("fsync segment", &p, e))
+}
+
+/// Fsyncs a directory so created and removed names are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WalError::io("fsync dir", dir, e))
+}
+
+/// Whether every byte of `f` from `from` to its end is zero.
+pub fn rest_is_zero(f: &File, from: u64, end: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    while at < end {
+        let n = usize::try_from(end - at).map_or(buf.len(), |r| r.min(buf.len()));
+        f.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+/// Reads and CRC-checks the frame at `offset` of length `frame_len` (header included), and
+/// decodes it. Errors name the segment and offset.
+pub fn read_frame(
+    f: &File,
+    segment: u64,
+    offset: u64,
+    frame_len: u64,
+) -> Result<(GroupId, format::Record), WalError> {
+    let name = file_name(segment);
+    let mut buf = vec![0u8; usize::try_from(frame_len).unwrap_or(0)];
+    if buf.len() < FRAME_HEADER_LEN as usize {
+        return Err(WalError::corrupt(
+            &name,
+            offset,
+            "frame shorter than header",
+        ));
+    }
+    f.read_exact_at(&mut buf, offset)
+        .map_err(|e| WalError::io("read frame", name.clone(), e))?;
+    let mut h = [0u8; FRAME_HEADER_LEN as usize];
+    h.copy_from_slice(&buf[..FRAME_HEADER_LEN as usize]);
+    let (len, crc) = parse_frame_header(h);
+    let payload = &buf[FRAME_HEADER_LEN as usize..];
+    if len as usize != payload.len() {
+        return Err(WalError::corrupt(
+            &name,
+            offset,
+            "frame length changed on disk",
+        ));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(WalError::corrupt(&name, offset, "crc mismatch"));
+    }
+    format::decode_payload(payload).map_err(|e| WalError::corrupt(&name, offset, e.to_string()))
+}

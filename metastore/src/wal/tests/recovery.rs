@@ -1,0 +1,332 @@
+//! Reopen, torn-tail, corruption, roll, purge and drop tests.
+
+use std::path::{Path, PathBuf};
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::{RaftLogReader, Vote};
+
+use super::{entry, log_id};
+use crate::wal::{FsyncPolicy, Wal, WalConfig, WalError};
+
+fn open(dir: &Path, segment_bytes: u64) -> Wal {
+    Wal::open(WalConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes,
+        fsync: FsyncPolicy::Always,
+    })
+    .expect("open wal")
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).expect("stat").len()
+}
+
+async fn append_range(wal: &Wal, group: u64, term: u64, indexes: std::ops::RangeInclusive<u64>) {
+    let mut s = wal.log_store(group);
+    s.blocking_append(indexes.map(|i| entry(group, term, i)))
+        .await
+        .expect("append");
+}
+
+async fn indexes(wal: &Wal, group: u64) -> Vec<u64> {
+    let mut s = wal.log_store(group);
+    let got = s.try_get_log_entries(0..).await.expect("read");
+    for e in &got {
+        assert_eq!(e, &entry(group, e.log_id.leader_id.term, e.log_id.index));
+    }
+    got.iter().map(|e| e.log_id.index).collect()
+}
+
+#[tokio::test]
+async fn reopen_recovers_all_groups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = open(dir.path(), 64 << 20);
+        for i in 1..=10 {
+            for g in 0..3 {
+                append_range(&wal, g, 1, i..=i).await;
+            }
+        }
+        for g in 0..3 {
+            wal.log_store(g)
+                .save_vote(&Vote::new_committed(2, g + 1))
+                .await
+                .expect("vote");
+        }
+        let mut s0 = wal.log_store(0);
+        s0.save_committed(Some(log_id(1, 8)))
+            .await
+            .expect("committed");
+        let mut s1 = wal.log_store(1);
+        s1.truncate(log_id(1, 6)).await.expect("truncate");
+        append_range(&wal, 1, 2, 6..=7).await;
+        let mut s2 = wal.log_store(2);
+        s2.purge(log_id(1, 4)).await.expect("purge");
+        // A vote after everything else, so committed is not merely the last frame.
+        s0.save_vote(&Vote::new_committed(3, 1))
+            .await
+            .expect("vote");
+    }
+    let wal = open(dir.path(), 64 << 20);
+    assert_eq!(wal.groups(), vec![0, 1, 2]);
+    assert_eq!(indexes(&wal, 0).await, (1..=10).collect::<Vec<_>>());
+    assert_eq!(indexes(&wal, 1).await, (1..=7).collect::<Vec<_>>());
+    assert_eq!(indexes(&wal, 2).await, (5..=10).collect::<Vec<_>>());
+
+    let mut s0 = wal.log_store(0);
+    assert_eq!(
+        s0.read_vote().await.expect("vote"),
+        Some(Vote::new_committed(3, 1))
+    );
+    assert_eq!(
+        s0.read_committed().await.expect("committed"),
+        Some(log_id(1, 8))
+    );
+    let mut s1 = wal.log_store(1);
+    assert_eq!(
+        s1.read_vote().await.expect("vote"),
+        Some(Vote::new_committed(2, 2))
+    );
+    let st1 = s1.get_log_state().await.expect("state");
+    assert_eq!(st1.last_log_id, Some(log_id(2, 7)));
+    let mut s2 = wal.log_store(2);
+    let st2 = s2.get_log_state().await.expect("state");
+    assert_eq!(st2.last_purged_log_id, Some(log_id(1, 4)));
+    assert_eq!(st2.last_log_id, Some(log_id(1, 10)));
+    assert_eq!(s2.read_entry(4).await.expect("read"), None);
+    assert_eq!(s2.read_entry(5).await.expect("read"), Some(entry(2, 1, 5)));
+    assert_eq!(s2.last_index(), Some(10));
+}
+
+#[tokio::test]
+async fn entries_readable_when_append_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(WalConfig {
+        dir: dir.path().to_path_buf(),
+        segment_bytes: 1 << 20,
+        fsync: FsyncPolicy::IntervalMs(50),
+    })
+    .expect("open");
+    append_range(&wal, 4, 1, 1..=3).await;
+    let s = wal.log_store(4);
+    assert_eq!(s.read_entry(2).await.expect("read"), Some(entry(4, 1, 2)));
+    assert_eq!(s.last_index(), Some(3));
+    assert!(
+        wal.stats().fsyncs >= 1,
+        "interval policy must fsync before completing"
+    );
+    assert_eq!(wal.stats().appends, 3);
+}
+
+/// Writes entries 1..=5 of group 0, returns (dir guard, last segment path, its length and
+/// the length of the last frame).
+async fn five_entries() -> (tempfile::TempDir, PathBuf, u64, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before;
+    {
+        let wal = open(dir.path(), 64 << 20);
+        append_range(&wal, 0, 1, 1..=4).await;
+        before = wal.stats().bytes_on_disk;
+        append_range(&wal, 0, 1, 5..=5).await;
+    }
+    let seg = segments(dir.path()).pop().expect("a segment");
+    let len = file_len(&seg);
+    (dir, seg, len, len - before)
+}
+
+async fn assert_reopens_with(dir: &Path, want: &[u64]) {
+    let wal = open(dir, 64 << 20);
+    assert_eq!(indexes(&wal, 0).await, want);
+    let next = want.last().copied().unwrap_or(0) + 1;
+    append_range(&wal, 0, 1, next..=next).await;
+    drop(wal);
+    let wal = open(dir, 64 << 20);
+    let mut all = want.to_vec();
+    all.push(next);
+    assert_eq!(indexes(&wal, 0).await, all);
+}
+
+#[tokio::test]
+async fn torn_tail_partial_frame_is_cut() {
+    let (dir, seg, len, last) = five_entries().await;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open");
+    f.set_len(len - 3).expect("chop");
+    drop(f);
+    let wal = open(dir.path(), 64 << 20);
+    assert_eq!(file_len(&seg), len - last, "torn frame cut off");
+    drop(wal);
+    assert_reopens_with(dir.path(), &[1, 2, 3, 4]).await;
+}
+
+#[tokio::test]
+async fn torn_tail_zero_fill_is_cut() {
+    let (dir, seg, len, _) = five_entries().await;
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&seg, &bytes).expect("write");
+    drop(open(dir.path(), 64 << 20));
+    assert_eq!(file_len(&seg), len);
+    assert_reopens_with(dir.path(), &[1, 2, 3, 4, 5]).await;
+}
+
+#[tokio::test]
+async fn torn_tail_bad_crc_last_frame_is_cut() {
+    let (dir, seg, len, last) = five_entries().await;
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let i = bytes.len() - 1;
+    bytes[i] ^= 0xff;
+    std::fs::write(&seg, &bytes).expect("write");
+    drop(open(dir.path(), 64 << 20));
+    assert_eq!(file_len(&seg), len - last);
+    assert_reopens_with(dir.path(), &[1, 2, 3, 4]).await;
+}
+
+#[tokio::test]
+async fn bad_crc_mid_file_fails_open() {
+    let (dir, seg, len, _) = five_entries().await;
+    let mut bytes = std::fs::read(&seg).expect("read");
+    // Inside the first frame's payload (16-byte segment header + 8-byte frame header).
+    bytes[16 + 8 + 3] ^= 0x01;
+    std::fs::write(&seg, &bytes).expect("write");
+    let err = Wal::open(WalConfig::new(dir.path()))
+        .err()
+        .expect("open must fail");
+    match &err {
+        WalError::Corrupt {
+            segment, offset, ..
+        } => {
+            assert_eq!(segment, "0000000000000000.wal");
+            assert_eq!(*offset, 16);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(err.to_string().contains("0000000000000000.wal"), "{err}");
+    assert_eq!(file_len(&seg), len, "nothing was cut");
+}
+
+#[tokio::test]
+async fn corruption_in_sealed_segment_fails_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = open(dir.path(), 200);
+        append_range(&wal, 0, 1, 1..=20).await;
+    }
+    let segs = segments(dir.path());
+    assert!(segs.len() > 2);
+    // Chop the end of a sealed segment: that is not a torn tail, it is lost data.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[0])
+        .expect("open");
+    f.set_len(file_len(&segs[0]) - 2).expect("chop");
+    drop(f);
+    let err = Wal::open(WalConfig::new(dir.path()))
+        .err()
+        .expect("open must fail");
+    assert!(err.to_string().contains("0000000000000000.wal"), "{err}");
+}
+
+#[tokio::test]
+async fn segments_roll_and_reads_span_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = open(dir.path(), 300);
+        for i in (1..=60).step_by(3) {
+            append_range(&wal, 0, 1, i..=i + 2).await;
+            append_range(&wal, 9, 1, i..=i + 2).await;
+        }
+        let stats = wal.stats();
+        assert!(stats.segments > 5, "{stats:?}");
+        assert_eq!(stats.segments as usize, segments(dir.path()).len());
+    }
+    let wal = open(dir.path(), 300);
+    assert_eq!(indexes(&wal, 0).await, (1..=60).collect::<Vec<_>>());
+    assert_eq!(indexes(&wal, 9).await, (1..=60).collect::<Vec<_>>());
+    let s = wal.log_store(9);
+    for i in [1, 17, 33, 60] {
+        assert_eq!(s.read_entry(i).await.expect("read"), Some(entry(9, 1, i)));
+    }
+}
+
+#[tokio::test]
+async fn purge_deletes_dead_segments_and_keeps_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = open(dir.path(), 300);
+        let mut s = wal.log_store(3);
+        s.save_vote(&Vote::new_committed(4, 2)).await.expect("vote");
+        s.save_committed(Some(log_id(1, 40)))
+            .await
+            .expect("committed");
+        append_range(&wal, 3, 1, 1..=50).await;
+        let before = wal.stats().segments;
+        s.purge(log_id(1, 45)).await.expect("purge");
+        let after = wal.stats().segments;
+        assert!(after < before, "before {before} after {after}");
+        assert_eq!(after as usize, segments(dir.path()).len());
+    }
+    let wal = open(dir.path(), 300);
+    let mut s = wal.log_store(3);
+    assert_eq!(
+        s.read_vote().await.expect("vote"),
+        Some(Vote::new_committed(4, 2))
+    );
+    assert_eq!(
+        s.read_committed().await.expect("committed"),
+        Some(log_id(1, 40))
+    );
+    let st = s.get_log_state().await.expect("state");
+    assert_eq!(st.last_purged_log_id, Some(log_id(1, 45)));
+    assert_eq!(indexes(&wal, 3).await, (46..=50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn dropped_group_is_not_recovered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = open(dir.path(), 64 << 20);
+        append_range(&wal, 5, 1, 1..=3).await;
+        append_range(&wal, 6, 1, 1..=3).await;
+        wal.log_store(5)
+            .save_vote(&Vote::new(1, 1))
+            .await
+            .expect("vote");
+        wal.drop_group(5).await.expect("drop");
+        assert_eq!(wal.groups(), vec![6]);
+    }
+    let wal = open(dir.path(), 64 << 20);
+    assert_eq!(wal.groups(), vec![6]);
+    let mut s = wal.log_store(5);
+    assert_eq!(s.read_vote().await.expect("vote"), None);
+    assert_eq!(s.get_log_state().await.expect("state").last_log_id, None);
+    assert_eq!(indexes(&wal, 6).await, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn never_policy_completes_without_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(WalConfig {
+        dir: dir.path().to_path_buf(),
+        segment_bytes: 1 << 20,
+        fsync: FsyncPolicy::Never,
+    })
+    .expect("open");
+    append_range(&wal, 0, 1, 1..=5).await;
+    assert_eq!(wal.stats().fsyncs, 0);
+    drop(wal);
+    let wal = open(dir.path(), 1 << 20);
+    assert_eq!(indexes(&wal, 0).await, vec![1, 2, 3, 4, 5]);
+}

@@ -1,0 +1,278 @@
+//! The writer thread: the only code that writes segment files.
+//!
+//! Callers place frames (choose segment and offset) under the WAL's state lock and send
+//! them here in that same order, so file contents always match the positions handed out.
+//! The thread drains everything queued, writes it with one `write_all` per segment, fsyncs
+//! according to the policy and only then completes the callers (group commit).
+//!
+//! Invariants: a segment is fsynced before the next one is created, so only the last
+//! segment can have a torn tail; a completion fires only once the data it covers is
+//! durable per policy; after the first I/O error every later job fails (the WAL is
+//! poisoned until reopened) because a gap in the file would corrupt what follows.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::storage::LogFlushed;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use super::segment;
+use super::FsyncPolicy;
+use crate::types::TypeConfig;
+
+/// Largest number of bytes the writer gathers into one write.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Who to tell when a job is durable.
+pub(crate) enum Completion {
+    Notify(oneshot::Sender<Result<(), String>>),
+    Flushed(LogFlushed<TypeConfig>),
+}
+
+impl Completion {
+    fn complete(self, result: Result<(), &str>) {
+        match self {
+            // The caller may have gone away; nothing to tell then.
+            Completion::Notify(tx) => drop(tx.send(result.map_err(str::to_string))),
+            Completion::Flushed(cb) => {
+                cb.log_io_completed(result.map_err(|m| io::Error::other(m.to_string())))
+            }
+        }
+    }
+}
+
+/// Work for the writer, in placement order.
+pub(crate) enum Job {
+    /// Append `bytes` to `segment` (creating it first if it is the next one). After it,
+    /// the global write position is `end_pos`.
+    Write {
+        segment: u64,
+        bytes: Vec<u8>,
+        end_pos: u64,
+        done: Option<Completion>,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    /// Make everything written so far durable, then delete these (sealed) segments.
+    Delete {
+        segments: Vec<u64>,
+        done: Option<Completion>,
+    },
+}
+
+/// Counters and flags shared between the writer and WAL handles.
+#[derive(Debug, Default)]
+pub(crate) struct WriterShared {
+    /// Global position up to which frames are in the segment files (page cache at least).
+    pub written_pos: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub fsync_micros_total: AtomicU64,
+    pub fsync_micros_max: AtomicU64,
+    /// The first I/O error; set once, never cleared.
+    pub failed: Mutex<Option<String>>,
+}
+
+pub(crate) struct Writer {
+    pub dir: PathBuf,
+    pub policy: FsyncPolicy,
+    pub segment: u64,
+    pub file: File,
+    pub rx: Receiver<Job>,
+    pub shared: Arc<WriterShared>,
+}
+
+impl Writer {
+    /// Runs until every sender is gone, then makes the tail durable and returns.
+    pub fn run(mut self) {
+        let mut unsynced: Vec<Completion> = Vec::new();
+        let mut dirty = false;
+        let mut last_sync = Instant::now();
+        loop {
+            let first = if dirty {
+                let wait = match self.policy {
+                    FsyncPolicy::IntervalMs(ms) => (last_sync + Duration::from_millis(ms))
+                        .saturating_duration_since(Instant::now()),
+                    FsyncPolicy::Always | FsyncPolicy::Never => Duration::ZERO,
+                };
+                match self.rx.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.sync(&mut unsynced);
+                        dirty = false;
+                        last_sync = Instant::now();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            let mut batch = vec![first];
+            let mut batch_bytes = 0;
+            while batch_bytes < MAX_BATCH_BYTES {
+                match self.rx.try_recv() {
+                    Ok(job) => {
+                        if let Job::Write { bytes, .. } = &job {
+                            batch_bytes += bytes.len();
+                        }
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            dirty |= self.process(batch, &mut unsynced);
+            let sync_now = match self.policy {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Never => false,
+                FsyncPolicy::IntervalMs(ms) => last_sync.elapsed() >= Duration::from_millis(ms),
+            };
+            if dirty && (sync_now || self.failed().is_some()) {
+                self.sync(&mut unsynced);
+                dirty = false;
+                last_sync = Instant::now();
+            }
+            if matches!(self.policy, FsyncPolicy::Never) {
+                self.complete(&mut unsynced);
+                dirty = false;
+            }
+        }
+        if dirty {
+            self.sync(&mut unsynced);
+        }
+        self.complete(&mut unsynced);
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.shared.failed.lock().clone()
+    }
+
+    fn fail(&self, err: String) {
+        tracing::error!(error = %err, "wal writer failed; no further writes accepted");
+        let mut f = self.shared.failed.lock();
+        if f.is_none() {
+            *f = Some(err);
+        }
+    }
+
+    /// Writes a batch; completions that wait for durability go to `unsynced`. Returns
+    /// whether anything was written.
+    fn process(&mut self, batch: Vec<Job>, unsynced: &mut Vec<Completion>) -> bool {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut end_pos = None;
+        let mut wrote = false;
+        let mut permits = Vec::new();
+        for job in batch {
+            match job {
+                Job::Write {
+                    segment,
+                    bytes,
+                    end_pos: job_end,
+                    done,
+                    permit,
+                } => {
+                    if segment != self.segment && self.failed().is_none() {
+                        wrote |= self.flush(&mut buf, &mut end_pos);
+                        self.sync(unsynced);
+                        self.roll(segment);
+                    }
+                    buf.extend_from_slice(&bytes);
+                    end_pos = Some(job_end);
+                    unsynced.extend(done);
+                    permits.extend(permit);
+                }
+                Job::Delete { segments, done } => {
+                    wrote |= self.flush(&mut buf, &mut end_pos);
+                    self.sync(unsynced);
+                    self.delete(&segments);
+                    // Deleting is best effort; the caller only needs its record durable.
+                    unsynced.extend(done);
+                    self.complete(unsynced);
+                }
+            }
+        }
+        wrote |= self.flush(&mut buf, &mut end_pos);
+        drop(permits);
+        wrote
+    }
+
+    /// Writes `buf` to the active segment in one call.
+    fn flush(&mut self, buf: &mut Vec<u8>, end_pos: &mut Option<u64>) -> bool {
+        if buf.is_empty() && end_pos.is_none() {
+            return false;
+        }
+        if self.failed().is_none() {
+            if let Err(e) = self.file.write_all(buf) {
+                let p = segment::path(&self.dir, self.segment);
+                self.fail(format!("write {}: {e}", p.display()));
+            } else if let Some(pos) = end_pos {
+                self.shared.written_pos.store(*pos, Ordering::Release);
+            }
+        }
+        buf.clear();
+        *end_pos = None;
+        true
+    }
+
+    /// Fsyncs the active segment and completes everything waiting for it.
+    fn sync(&mut self, unsynced: &mut Vec<Completion>) {
+        if self.failed().is_none() {
+            let start = Instant::now();
+            if let Err(e) = self.file.sync_data() {
+                let p = segment::path(&self.dir, self.segment);
+                self.fail(format!("fsync {}: {e}", p.display()));
+            } else {
+                let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .fsync_micros_total
+                    .fetch_add(micros, Ordering::Relaxed);
+                self.shared
+                    .fsync_micros_max
+                    .fetch_max(micros, Ordering::Relaxed);
+            }
+        }
+        self.complete(unsynced);
+    }
+
+    fn complete(&self, waiting: &mut Vec<Completion>) {
+        let failed = self.failed();
+        for c in waiting.drain(..) {
+            c.complete(failed.as_deref().map_or(Ok(()), Err));
+        }
+    }
+
+    /// Switches to segment `next` (the previous one is already fsynced by the caller).
+    fn roll(&mut self, next: u64) {
+        match segment::create(&self.dir, next) {
+            Ok(f) => {
+                self.file = f;
+                self.segment = next;
+            }
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    fn delete(&mut self, segments: &[u64]) {
+        if self.failed().is_some() {
+            return;
+        }
+        for id in segments {
+            let p = segment::path(&self.dir, *id);
+            if let Err(e) = std::fs::remove_file(&p) {
+                // Not fatal: a leftover sealed segment only costs space and replay time.
+                tracing::warn!(path = %p.display(), error = %e, "wal: could not delete segment");
+            }
+        }
+        if let Err(e) = segment::sync_dir(&self.dir) {
+            tracing::warn!(error = %e, "wal: fsync dir after delete");
+        }
+    }
+}
