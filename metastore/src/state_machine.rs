@@ -91,8 +91,18 @@ impl<A: ApplyState> StateMachine<A> {
     pub fn last_applied(&self) -> Option<LogId> {
         self.progress.read().last_applied
     }
+}
 
-    fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+fn sm_error(verb: ErrorVerb, err: &dyn std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::StateMachine,
+        verb,
+        std::io::Error::new(std::io::ErrorKind::InvalidData, err.to_string()),
+    )
+}
+
+impl<A: ApplyState> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         // Hold the state read lock while reading progress so the two are consistent.
         let state = self.state.read();
         let mut progress = self.progress.write();
@@ -123,20 +133,6 @@ impl<A: ApplyState> StateMachine<A> {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
-    }
-}
-
-fn sm_error(verb: ErrorVerb, err: &dyn std::fmt::Display) -> StorageError {
-    StorageError::from_io_error(
-        ErrorSubject::StateMachine,
-        verb,
-        std::io::Error::new(std::io::ErrorKind::InvalidData, err.to_string()),
-    )
-}
-
-impl<A: ApplyState> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.build()
     }
 }
 

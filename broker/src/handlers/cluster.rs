@@ -45,10 +45,9 @@ impl Broker {
                 if !meta.topics.contains_key(name)
                     && auto_create
                     && crate::topic_config::validate_topic_name(name).is_ok()
+                    && self.auto_create_topic(name).await.is_ok()
                 {
-                    if self.auto_create_topic(name).await.is_ok() {
-                        creating.push(name.clone());
-                    }
+                    creating.push(name.clone());
                 }
             }
         }

@@ -28,6 +28,9 @@ const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 /// (error code, message) of a failed topic operation.
 type Failure = (i16, String);
 
+/// Replica lists per partition and config overrides of a topic about to be created.
+type TopicPlan = (Vec<Vec<NodeId>>, BTreeMap<String, String>);
+
 impl Broker {
     /// One replica list per partition. With one node every replica list is that node.
     fn assign(
@@ -88,7 +91,7 @@ impl Broker {
     fn plan_topic(
         &self,
         t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
-    ) -> Result<(Vec<Vec<NodeId>>, BTreeMap<String, String>), Failure> {
+    ) -> Result<TopicPlan, Failure> {
         let name = t.name.0.as_str();
         topic_config::validate_topic_name(name).map_err(|m| (code::INVALID_TOPIC_EXCEPTION, m))?;
         if !t.assignments.is_empty() {
@@ -102,7 +105,7 @@ impl Broker {
         } else {
             t.num_partitions
         };
-        if partitions < 1 || partitions > MAX_PARTITIONS_PER_TOPIC {
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
             return Err((code::INVALID_PARTITIONS, format!("number of partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, not {partitions}")));
         }
         let assignments = self.assign(partitions, t.replication_factor)?;

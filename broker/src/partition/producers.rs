@@ -98,6 +98,10 @@ impl ProducerTable {
     pub fn len(&self) -> usize {
         self.producers.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
 }
 
 #[cfg(test)]
