@@ -124,7 +124,7 @@ class Broker:
         # Hermetic: no CHRONIK_* from the caller's environment (e.g. CHRONIK_BIN) leaks into
         # the broker's configuration; only what the test asks for.
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONIK_")}
-        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_LOG", "info,openraft=warn")
         env.setdefault("RUST_BACKTRACE", "1")
         env.update(self.env)
         self.starts += 1
