@@ -29,6 +29,15 @@ pub struct Broker {
 /// A handler's answer: `None` for requests that get no response (produce with acks=0).
 pub type Reply = BoxFuture<'static, Option<ResponseKind>>;
 
+/// What the connection does with one request's outcome.
+pub enum Answer {
+    Send(Bytes),
+    /// Produce with acks=0.
+    Nothing,
+    /// The response could not be encoded: close rather than leave the client waiting.
+    Close,
+}
+
 pub fn ready(resp: ResponseKind) -> Reply {
     futures::future::ready(Some(resp)).boxed()
 }
@@ -37,7 +46,7 @@ impl Broker {
     /// Handles one request. Work whose order matters across requests of one connection
     /// (proposing produce batches) is done before this returns; the returned future only
     /// waits for results, so a connection can pipeline requests and still answer in order.
-    pub async fn handle(self: &Arc<Self>, req: Request) -> BoxFuture<'static, Option<Bytes>> {
+    pub async fn handle(self: &Arc<Self>, req: Request) -> BoxFuture<'static, Answer> {
         let started = Instant::now();
         let api = req.api_key;
         let version = req.version;
@@ -73,13 +82,13 @@ impl Broker {
             let resp = reply.await;
             let encoded = match resp {
                 Some(resp) => match encode_response(correlation_id, version, &resp) {
-                    Ok(b) => Some(b),
+                    Ok(b) => Answer::Send(b),
                     Err(err) => {
                         tracing::error!(?api, version, %err, "encode response");
-                        None
+                        Answer::Close
                     }
                 },
-                None => None,
+                None => Answer::Nothing,
             };
             metrics.observe_request(api, started.elapsed());
             encoded

@@ -15,11 +15,11 @@ use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::broker::Broker;
+use crate::broker::{Answer, Broker};
 use crate::protocol::{self, DecodeError};
 
 /// A connection that sends no complete request for this long is closed.
@@ -57,6 +57,8 @@ enum ConnError {
     Idle(Duration),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error("a response could not be encoded")]
+    Unencodable,
 }
 
 async fn read_frames(
@@ -106,19 +108,14 @@ async fn connection(stream: TcpStream, broker: &Arc<Broker>) -> Result<(), ConnE
     let mut inflight = FuturesOrdered::new();
     loop {
         tokio::select! {
-            Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                let reply: Option<Bytes> = reply;
-                if let Some(bytes) = reply {
-                    wr.write_all(&bytes).await?;
-                }
+            Some(answer) = inflight.next(), if !inflight.is_empty() => {
+                write_answer(&mut wr, answer).await?;
             }
             frame = rx.recv(), if inflight.len() < max_inflight => {
                 let Some(frame) = frame else {
                     // Client closed: finish what it asked for, then stop.
-                    while let Some(reply) = inflight.next().await {
-                        if let Some(bytes) = reply {
-                            wr.write_all(&bytes).await?;
-                        }
+                    while let Some(answer) = inflight.next().await {
+                        write_answer(&mut wr, answer).await?;
                     }
                     return Ok(());
                 };
@@ -129,21 +126,27 @@ async fn connection(stream: TcpStream, broker: &Arc<Broker>) -> Result<(), ConnE
                         let pre = protocol::preamble(&frame)?;
                         let answer = protocol::api_versions_fallback(pre.correlation_id)
                             .map_err(|e| std::io::Error::other(e.to_string()))?;
-                        inflight.push_back(Box::pin(futures::future::ready(Some(answer))));
+                        inflight.push_back(Box::pin(futures::future::ready(Answer::Send(answer))));
                     }
                     Err(e) => {
                         broker.metrics.bad_request();
                         // Answer what is in flight, then close, as Kafka does.
-                        while let Some(reply) = inflight.next().await {
-                            if let Some(bytes) = reply {
-                                wr.write_all(&bytes).await?;
-                            }
+                        while let Some(answer) = inflight.next().await {
+                            write_answer(&mut wr, answer).await?;
                         }
                         return Err(e.into());
                     }
                 }
             }
         }
+    }
+}
+
+async fn write_answer(wr: &mut OwnedWriteHalf, answer: Answer) -> Result<(), ConnError> {
+    match answer {
+        Answer::Send(bytes) => Ok(wr.write_all(&bytes).await?),
+        Answer::Nothing => Ok(()),
+        Answer::Close => Err(ConnError::Unencodable),
     }
 }
 

@@ -62,6 +62,17 @@ def test_garbage_inside_wellformed_frame(broker):
         assert_serving(broker)
 
 
+@pytest.mark.parametrize("claimed", [0x7FFFFFFF, 0x10000000])
+def test_lying_array_length_does_not_kill_the_broker(broker, claimed):
+    # Metadata v1 whose topics array claims billions of elements in a 4-byte body: it
+    # must be refused (connection closed), not allocated (which aborted the process).
+    with kwire.Conn(broker.kafka_port) as c:
+        c.send(kwire.request(kwire.API_METADATA, 1, 9, struct.pack(">i", claimed)))
+        assert c.wait_closed(10), "broker kept a connection that sent an impossible array"
+    assert broker.proc.poll() is None, "broker process died"
+    assert_serving(broker)
+
+
 def test_unknown_api_key(broker):
     with kwire.Conn(broker.kafka_port) as c:
         c.send(kwire.request(9999, 0, 77, b""))

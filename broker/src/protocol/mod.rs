@@ -186,6 +186,19 @@ mod tests {
     }
 
     #[test]
+    fn a_lying_array_length_is_an_error_not_an_abort() {
+        // Metadata v1 whose topics array claims 2^31-1 elements: the codec used to
+        // pre-allocate that many and abort the process.
+        let mut f = frame(ApiKey::Metadata, 1, &MetadataRequest::default()).to_vec();
+        let body_at = f.len() - 4;
+        f[body_at..].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(matches!(
+            decode_request(Bytes::from(f)),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
     fn fallback_is_v0_with_error_35() {
         let b = api_versions_fallback(5).expect("encode");
         let mut r = b.clone();
