@@ -1,0 +1,60 @@
+//! Client set-up shared by the benchmarks: configs, topic creation.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Where the benchmark connects: a broker list, or librdkafka's in-memory mock cluster.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub brokers: String,
+    pub mock: bool,
+}
+
+impl Target {
+    pub fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        if self.mock {
+            // The mock cluster stores nothing durable: the practical ceiling of the client.
+            c.set("test.mock.num.brokers", "1");
+        } else {
+            c.set("bootstrap.servers", &self.brokers);
+        }
+        c
+    }
+}
+
+/// Creates the topic (an existing one is fine).
+pub fn ensure_topic(target: &Target, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        target.config().create().context("create admin client")?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        futures::executor::block_on(admin.create_topics([&new], &opts)).context("create topic")?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => bail!("create topic {t}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Deterministic, poorly compressible payload bytes.
+pub fn payload(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
