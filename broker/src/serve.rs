@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::partition::Registry;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let advertised = config.advertised()?;
+    config.advertised()?;
     // Bind first: a port in use is the most common start-up mistake; say so before anything else.
     let kafka_addr = parse_addr("kafka-addr", &config.kafka_addr)?;
     let kafka = TcpListener::bind(kafka_addr)
@@ -27,6 +27,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("bind --http-addr {http_addr} (is another broker running?)"))?;
 
+    let broker = open(config).await?;
+    let (node, partitions) = (broker.node.clone(), broker.partitions.clone());
+    tracing::info!(
+        node_id = broker.config.node_id,
+        kafka = %kafka_addr,
+        http = %http_addr,
+        data_dir = %broker.config.data_dir.display(),
+        partitions = partitions.count(),
+        "chronik is serving"
+    );
+    let kafka_task = tokio::spawn(crate::server::serve(kafka, broker.clone()));
+    let http_task = tokio::spawn(crate::http::serve(http, broker.clone()));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    kafka_task.abort();
+    http_task.abort();
+    let stop = async {
+        partitions.shutdown().await;
+        node.shutdown().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .is_err()
+    {
+        tracing::warn!("raft groups did not stop within 10s; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Opens the node's local state and starts its partitions: everything of a broker but the
+/// listeners. Tests use it to drive handlers directly.
+pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
+    let advertised = config.advertised()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create --data-dir {}", config.data_dir.display()))?;
     let bucket_url = match &config.bucket {
@@ -36,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let bucket = chronik_tiering::Bucket::open(&bucket_url)
         .await
         .with_context(|| format!("open --bucket {bucket_url}"))?;
+    tracing::info!(bucket = %bucket.url(), "bucket opened");
 
     let node = Node::start(NodeConfig {
         node_id: config.node_id,
@@ -80,38 +115,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let broker = Arc::new(Broker {
         config,
-        node: node.clone(),
-        partitions: partitions.clone(),
+        node,
+        partitions,
         metrics: Arc::new(Metrics::default()),
         advertised,
     });
-    tracing::info!(
-        node_id = broker.config.node_id,
-        kafka = %kafka_addr,
-        http = %http_addr,
-        data_dir = %broker.config.data_dir.display(),
-        bucket = %bucket.url(),
-        partitions = partitions.count(),
-        "chronik is serving"
-    );
-    let kafka_task = tokio::spawn(crate::server::serve(kafka, broker.clone()));
-    let http_task = tokio::spawn(crate::http::serve(http, broker.clone()));
-
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    kafka_task.abort();
-    http_task.abort();
-    let stop = async {
-        partitions.shutdown().await;
-        node.shutdown().await;
-    };
-    if tokio::time::timeout(Duration::from_secs(10), stop)
-        .await
-        .is_err()
-    {
-        tracing::warn!("raft groups did not stop within 10s; exiting anyway");
-    }
-    Ok(())
+    Ok(broker)
 }
 
 async fn shutdown_signal() {
