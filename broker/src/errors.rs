@@ -34,6 +34,7 @@ pub mod code {
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const INVALID_RECORD: i16 = 87;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
@@ -42,7 +43,9 @@ pub mod code {
 pub fn batch_error_code(e: &BatchError) -> i16 {
     match e {
         BatchError::Crc | BatchError::Truncated(_) => code::CORRUPT_MESSAGE,
-        BatchError::UnsupportedMagic(_) => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        // Kafka: "Produce requests with version 3 and above are only allowed to contain
+        // record batches with magic version 2" is an InvalidRecordException.
+        BatchError::UnsupportedMagic(_) => code::INVALID_RECORD,
         BatchError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
         BatchError::Invalid(_) | BatchError::NotOneBatch => code::INVALID_RECORD,
         BatchError::Transactional => code::INVALID_RECORD,

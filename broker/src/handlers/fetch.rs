@@ -25,11 +25,9 @@ impl Broker {
             // still wakes us.
             let mut watches: Vec<watch::Receiver<i64>> = Vec::new();
             let (resp, bytes, errors) = self.fetch_once(&req, version, &mut watches).await;
-            if bytes >= min_bytes.max(1)
-                || errors
-                || Instant::now() >= deadline
-                || watches.is_empty()
-            {
+            // As Kafka: answer at once when min_bytes is there (min_bytes 0 never waits),
+            // on any partition error, or when there is nothing to wait on.
+            if bytes >= min_bytes || errors || Instant::now() >= deadline || watches.is_empty() {
                 self.metrics.add_bytes_out(bytes as u64);
                 return ResponseKind::Fetch(resp);
             }
@@ -112,14 +110,8 @@ impl Broker {
         if !p.is_leader(self.node.node_id) {
             return Err(code::NOT_LEADER_OR_FOLLOWER);
         }
-        let epoch = p.leader_epoch();
-        if fp.current_leader_epoch >= 0 {
-            if fp.current_leader_epoch < epoch {
-                return Err(code::FENCED_LEADER_EPOCH);
-            }
-            if fp.current_leader_epoch > epoch {
-                return Err(code::UNKNOWN_LEADER_EPOCH);
-            }
+        if let Some(e) = super::offsets::epoch_error(fp.current_leader_epoch, p.leader_epoch()) {
+            return Err(e);
         }
         let (batches, start, hwm) = {
             let log = p.log.read();

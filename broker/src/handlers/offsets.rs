@@ -40,16 +40,19 @@ impl Broker {
                     Some(p) if !p.is_leader(self.node.node_id) => {
                         r.error_code = code::NOT_LEADER_OR_FOLLOWER
                     }
-                    Some(p) => match self.lookup_offset(&p, lp.timestamp).await {
-                        Ok((offset, timestamp, epoch)) => {
-                            r.offset = offset;
-                            r.timestamp = timestamp;
-                            // leader_epoch exists from v4 on.
-                            if version >= 4 {
-                                r.leader_epoch = epoch;
+                    Some(p) => match epoch_error(lp.current_leader_epoch, p.leader_epoch()) {
+                        Some(e) => r.error_code = e,
+                        None => match self.lookup_offset(&p, lp.timestamp).await {
+                            Ok((offset, timestamp, epoch)) => {
+                                r.offset = offset;
+                                r.timestamp = timestamp;
+                                // leader_epoch exists from v4 on.
+                                if version >= 4 {
+                                    r.leader_epoch = epoch;
+                                }
                             }
-                        }
-                        Err(e) => r.error_code = e,
+                            Err(e) => r.error_code = e,
+                        },
                     },
                 }
                 t.partitions.push(r);
@@ -61,7 +64,7 @@ impl Broker {
 
     /// (offset, timestamp, leader epoch) for a ListOffsets query.
     async fn lookup_offset(&self, p: &Partition, query: i64) -> Result<(i64, i64, i32), i16> {
-        let (start, hwm, epoch, batch) = {
+        let (start, hwm, epoch, start_epoch, batch) = {
             let log = p.log.read();
             let batch = match query {
                 LATEST | EARLIEST => None,
@@ -73,12 +76,13 @@ impl Broker {
                 log.log_start_offset(),
                 log.high_watermark(),
                 log.current_epoch(),
+                log.epoch_at(log.log_start_offset()),
                 batch,
             )
         };
         match query {
             LATEST => return Ok((hwm, -1, epoch)),
-            EARLIEST => return Ok((start, -1, epoch)),
+            EARLIEST => return Ok((start, -1, start_epoch)),
             _ => {}
         }
         // No batch at or after the timestamp: Kafka answers offset -1.
@@ -125,11 +129,8 @@ impl Broker {
                         r.error_code = code::NOT_LEADER_OR_FOLLOWER
                     }
                     Some(p) => {
-                        let current = p.leader_epoch();
-                        if op.current_leader_epoch >= 0 && op.current_leader_epoch < current {
-                            r.error_code = code::FENCED_LEADER_EPOCH;
-                        } else if op.current_leader_epoch > current {
-                            r.error_code = code::UNKNOWN_LEADER_EPOCH;
+                        if let Some(e) = epoch_error(op.current_leader_epoch, p.leader_epoch()) {
+                            r.error_code = e;
                         } else {
                             let (epoch, end) = p.log.read().end_offset_for_epoch(op.leader_epoch);
                             r.leader_epoch = epoch;
@@ -142,5 +143,16 @@ impl Broker {
             resp.topics.push(t);
         }
         ResponseKind::OffsetForLeaderEpoch(resp)
+    }
+}
+
+/// The error for a request that names the leader epoch it believes current (-1: none).
+pub(crate) fn epoch_error(requested: i32, current: i32) -> Option<i16> {
+    if requested < 0 || requested == current {
+        None
+    } else if requested < current {
+        Some(code::FENCED_LEADER_EPOCH)
+    } else {
+        Some(code::UNKNOWN_LEADER_EPOCH)
     }
 }

@@ -18,6 +18,8 @@ use crate::partition::batch::validate_produce;
 use crate::partition::log::{append_command, AppendResult};
 use crate::topic_config;
 
+const ZSTD: i16 = 4;
+
 type Receiver = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
 
 enum Pending {
@@ -46,7 +48,7 @@ impl Broker {
                     ),
                     (Err(e), _) => Pending::Done(*e, None),
                     (Ok(max_bytes), _) => {
-                        self.propose_batch(&name, p.index, p.records, *max_bytes)
+                        self.propose_batch(&name, p.index, p.records, *max_bytes, version)
                             .await
                     }
                 };
@@ -135,6 +137,7 @@ impl Broker {
         index: i32,
         records: Option<bytes::Bytes>,
         max_message_bytes: usize,
+        version: i16,
     ) -> Pending {
         let Some(partition) = self.partitions.get(topic, index) else {
             return Pending::Done(code::UNKNOWN_TOPIC_OR_PARTITION, None);
@@ -146,8 +149,16 @@ impl Broker {
             return Pending::Done(code::INVALID_RECORD, Some("no records".into()));
         };
         self.metrics.add_bytes_in(records.len() as u64);
-        if let Err(e) = validate_produce(&records, max_message_bytes) {
-            return Pending::Done(batch_error_code(&e), Some(e.to_string()));
+        match validate_produce(&records, max_message_bytes) {
+            Err(e) => return Pending::Done(batch_error_code(&e), Some(e.to_string())),
+            // Clients learn that zstd is allowed from Produce v7 on (KIP-110).
+            Ok(h) if h.compression() == ZSTD && version < 7 => {
+                return Pending::Done(
+                    code::UNSUPPORTED_COMPRESSION_TYPE,
+                    Some("zstd needs produce v7 or later".into()),
+                )
+            }
+            Ok(_) => {}
         }
         match partition
             .raft

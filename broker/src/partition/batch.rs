@@ -113,6 +113,11 @@ pub fn validate_produce(
     records: &[u8],
     max_message_bytes: usize,
 ) -> Result<BatchHeader, BatchError> {
+    // The magic byte sits at the same place in every message format, so an old-format
+    // message set is named as such even when it is shorter than a v2 header.
+    if records.len() > 16 && records[16] as i8 != 2 {
+        return Err(BatchError::UnsupportedMagic(records[16] as i8));
+    }
     let header = BatchHeader::parse(records)?;
     if header.magic != 2 {
         return Err(BatchError::UnsupportedMagic(header.magic));
@@ -137,6 +142,17 @@ pub fn validate_produce(
     }
     if header.record_count == 0 {
         return Err(BatchError::Invalid("empty batch"));
+    }
+    // Offsets are assigned from lastOffsetDelta, so it must agree with the record count.
+    if header.last_offset_delta as i64 + 1 != header.record_count as i64 {
+        return Err(BatchError::Invalid(
+            "record count does not match lastOffsetDelta",
+        ));
+    }
+    if header.is_idempotent() && header.base_sequence < 0 {
+        return Err(BatchError::Invalid(
+            "idempotent batch without a base sequence",
+        ));
     }
     let stored_crc = u32::from_be_bytes([records[17], records[18], records[19], records[20]]);
     if crc32c::crc32c(&records[CRC_START..]) != stored_crc {
@@ -228,6 +244,23 @@ pub(crate) mod tests {
             validate_produce(&magic, 1 << 20),
             Err(BatchError::UnsupportedMagic(1))
         );
+        // A short magic v1 message set is still named by its magic, not as truncated.
+        assert_eq!(
+            validate_produce(&magic[..40], 1 << 20),
+            Err(BatchError::UnsupportedMagic(1))
+        );
+        let mut count = batch(-1, -1, -1, 2, 0);
+        count[57..61].copy_from_slice(&3i32.to_be_bytes());
+        let crc = crc32c::crc32c(&count[CRC_START..]);
+        count[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            validate_produce(&count, 1 << 20),
+            Err(BatchError::Invalid(_))
+        ));
+        assert!(matches!(
+            validate_produce(&batch(5, 0, -1, 1, 0), 1 << 20),
+            Err(BatchError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -163,20 +163,37 @@ impl PartitionLog {
         best
     }
 
-    /// For OffsetForLeaderEpoch: the largest epoch <= `epoch` and the end offset of it
-    /// (the start offset of the next epoch, or the log end).
+    /// For OffsetForLeaderEpoch, as Kafka's leader-epoch cache answers it: for the latest
+    /// epoch, the log end; for an older one, the largest epoch <= it and the start offset of
+    /// the next epoch after it; for an epoch newer than any known, or none known, (-1, -1).
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
-        let idx = self.epochs.partition_point(|(e, _)| *e <= epoch);
-        if idx == 0 {
+        let Some(&(latest, _)) = self.epochs.last() else {
+            return (-1, -1);
+        };
+        if epoch < 0 {
             return (-1, -1);
         }
-        let (found, _) = self.epochs[idx - 1];
-        let end = self
-            .epochs
-            .get(idx)
-            .map(|(_, start)| *start)
-            .unwrap_or(self.log_end_offset);
-        (found, end)
+        if epoch == latest {
+            return (latest, self.log_end_offset);
+        }
+        let idx = self.epochs.partition_point(|(e, _)| *e <= epoch);
+        let Some(&(_, next_start)) = self.epochs.get(idx) else {
+            return (-1, -1);
+        };
+        match idx.checked_sub(1).map(|i| self.epochs[i]) {
+            Some((found, _)) => (found, next_start),
+            // Older than every epoch we know: the requested epoch ends where ours begin.
+            None => (epoch, next_start),
+        }
+    }
+
+    /// The leader epoch of the batch holding `offset`, or the latest epoch at the log end.
+    pub fn epoch_at(&self, offset: i64) -> i32 {
+        let idx = self.epochs.partition_point(|(_, start)| *start <= offset);
+        match idx.checked_sub(1) {
+            Some(i) => self.epochs[i].0,
+            None => self.epochs.first().map(|e| e.0).unwrap_or(-1),
+        }
     }
 
     fn append(&mut self, log_id: &LogId, batch: &[u8]) -> AppendResult {
@@ -311,7 +328,13 @@ mod tests {
         assert_eq!(log.end_offset_for_epoch(1), (1, 2));
         assert_eq!(log.end_offset_for_epoch(2), (1, 2));
         assert_eq!(log.end_offset_for_epoch(3), (3, 4));
-        assert_eq!(log.end_offset_for_epoch(0), (-1, -1));
+        assert_eq!(log.end_offset_for_epoch(0), (0, 0));
+        assert_eq!(log.end_offset_for_epoch(4), (-1, -1));
+        assert_eq!(log.end_offset_for_epoch(-1), (-1, -1));
+        assert_eq!(
+            (log.epoch_at(0), log.epoch_at(2), log.epoch_at(4)),
+            (1, 3, 3)
+        );
         assert_eq!(log.batches_from(2, 1)[0].leader_epoch, 3);
     }
 
