@@ -1,0 +1,106 @@
+"""Produce at the wire level: acks, batch validation and idempotent-producer dedup, with
+hand-built v2 batches (kraw.py), including across a kill -9 restart."""
+
+from __future__ import annotations
+
+import struct
+
+import kraw
+import kwire
+
+
+def new_topic(broker, name, partitions=1):
+    broker.create_topic(name, partitions=partitions)
+    return name
+
+
+def hwm(broker, topic, partition=0):
+    with kwire.Conn(broker.kafka_port) as c:
+        (p,) = kraw.fetch(c, topic, [(partition, 0, 1)])
+        assert p.error == 0, p
+        return p.high_watermark
+
+
+def test_acks_zero_one_and_invalid(broker):
+    topic = new_topic(broker, "raw-acks")
+    with kwire.Conn(broker.kafka_port) as c:
+        # acks=0: no response at all; the next request's answer is the first thing read.
+        c.send(kraw.produce_request(1, topic, [(0, kraw.record_batch([b"a0", b"a1"]))], acks=0))
+        c.send(kwire.request(kwire.API_API_VERSIONS, 0, 2))
+        payload = c.recv_frame(10)
+        assert payload is not None
+        assert struct.unpack(">i", payload[:4])[0] == 2, "acks=0 produce was answered"
+
+        (p,) = kraw.produce(c, topic, [(0, kraw.record_batch([b"b0"]))], acks=1, corr=3)
+        assert (p.error, p.base_offset) == (0, 2), "acks=0 data must have landed first"
+
+        (p,) = kraw.produce(c, topic, [(0, kraw.record_batch([b"c0"]))], acks=2, corr=4)
+        assert p.error == kraw.ERR_INVALID_REQUIRED_ACKS
+        (p,) = kraw.produce(c, topic, [(0, kraw.record_batch([b"c0"]))], acks=-2, corr=5)
+        assert p.error == kraw.ERR_INVALID_REQUIRED_ACKS
+    assert hwm(broker, topic) == 3
+
+
+def test_bad_batches_get_kafka_errors_and_store_nothing(broker):
+    topic = new_topic(broker, "raw-bad")
+    good = kraw.record_batch([b"x", b"y"])
+    corrupt = bytearray(good)
+    corrupt[-2] ^= 0xFF
+    v1 = bytearray(good)
+    v1[16] = 1
+    # A v1 message set: offset, size, crc, magic 1, attributes, timestamp, key -1, value.
+    msg = struct.pack(">bbqi", 1, 0, 0, -1) + struct.pack(">i", 1) + b"v"
+    legacy = struct.pack(">qi", 0, len(msg) + 4) + struct.pack(">I", 0) + msg
+    count = bytearray(kraw.record_batch([b"x"]))
+    count[57:61] = struct.pack(">i", 2)
+    count[17:21] = struct.pack(">I", kraw.crc32c(bytes(count[21:])))
+    cases = {
+        "corrupt crc": (bytes(corrupt), kraw.ERR_CORRUPT_MESSAGE),
+        "magic byte 1": (bytes(v1), kraw.ERR_INVALID_RECORD),
+        "v1 message set": (legacy, kraw.ERR_INVALID_RECORD),
+        "two batches": (good + good, kraw.ERR_INVALID_RECORD),
+        "count mismatch": (bytes(count), kraw.ERR_INVALID_RECORD),
+        "truncated": (good[:-3], kraw.ERR_CORRUPT_MESSAGE),
+    }
+    with kwire.Conn(broker.kafka_port) as c:
+        for i, (name, (records, want)) in enumerate(cases.items()):
+            (p,) = kraw.produce(c, topic, [(0, records)], corr=10 + i)
+            assert p.error == want, f"{name}: error {p.error}, want {want}"
+        (p,) = kraw.produce(c, topic, [(0, good)], corr=99)
+        assert (p.error, p.base_offset) == (0, 0), "nothing of the bad batches was stored"
+    assert hwm(broker, topic) == 2
+    broker.assert_healthy()
+
+
+def test_idempotent_dedup_gap_and_state_survives_kill9(broker):
+    topic = new_topic(broker, "raw-idem")
+    with kwire.Conn(broker.kafka_port) as c:
+        pid, epoch = kraw.init_producer_id(c)
+        assert pid >= 0 and epoch == 0
+        b0 = kraw.record_batch([b"0", b"1", b"2"], pid, epoch, 0)
+        b1 = kraw.record_batch([b"3", b"4"], pid, epoch, 3)
+        assert kraw.produce(c, topic, [(0, b0)], corr=1)[0] == kraw.ProducePart(0, 0, 0)
+        # The same batch again: the original offset, nothing appended.
+        assert kraw.produce(c, topic, [(0, b0)], corr=2)[0] == kraw.ProducePart(0, 0, 0)
+        assert kraw.produce(c, topic, [(0, b1)], corr=3)[0] == kraw.ProducePart(0, 0, 3)
+        gap = kraw.record_batch([b"x"], pid, epoch, 9)
+        assert kraw.produce(c, topic, [(0, gap)], corr=4)[0].error == kraw.ERR_OUT_OF_ORDER_SEQUENCE
+        # An unknown producer id that does not start at sequence 0 is out of order too.
+        stranger = kraw.record_batch([b"x"], pid + 1000, 0, 5)
+        assert kraw.produce(c, topic, [(0, stranger)], corr=5)[0].error == \
+            kraw.ERR_OUT_OF_ORDER_SEQUENCE
+    assert hwm(broker, topic) == 5
+
+    broker.kill9()
+    broker.start()
+    with kwire.Conn(broker.kafka_port) as c:
+        # The retry of the last batch after the crash is still recognised.
+        assert kraw.produce(c, topic, [(0, b1)], corr=6)[0] == kraw.ProducePart(0, 0, 3)
+        assert kraw.produce(c, topic, [(0, b0)], corr=7)[0] == kraw.ProducePart(0, 0, 0)
+        gap = kraw.record_batch([b"x"], pid, epoch, 6)
+        assert kraw.produce(c, topic, [(0, gap)], corr=8)[0].error == kraw.ERR_OUT_OF_ORDER_SEQUENCE
+        b2 = kraw.record_batch([b"5"], pid, epoch, 5)
+        assert kraw.produce(c, topic, [(0, b2)], corr=9)[0] == kraw.ProducePart(0, 0, 5)
+        (p,) = kraw.fetch(c, topic, [(0, 0, 1 << 20)])
+        assert p.high_watermark == 6
+        assert [(base, n) for base, n, _ in p.batches()] == [(0, 3), (3, 2), (5, 1)]
