@@ -9,6 +9,7 @@
 
 pub mod metadata;
 pub mod network;
+pub mod snapshot_store;
 pub mod state_machine;
 pub mod types;
 pub mod wal;
