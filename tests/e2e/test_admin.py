@@ -5,7 +5,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource,
                                    NewPartitions, NewTopic, ResourceType)
 
-from helpers import DeliveryTracker, wait_until
+from helpers import DeliveryTracker, assign_from_beginning, consume_confluent, wait_until
 
 DEFAULT_SOURCES = {ConfigSource.DEFAULT_CONFIG, ConfigSource.STATIC_BROKER_CONFIG,
                    ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG}
@@ -130,6 +130,11 @@ def test_create_partitions(broker):
     assert producer.flush(30) == 0
     assert not dr.errors, dr.errors
     assert sorted(m.partition() for m in dr.ok) == [0, 1, 2, 3]
+    consumer = broker.consumer()
+    assign_from_beginning(consumer, topic, [2, 3])
+    got = consume_confluent(consumer, 2, timeout=30)
+    assert sorted((m.partition(), m.offset(), m.value()) for m in got) == \
+        [(2, 0, b"p2"), (3, 0, b"p3")]
 
     # Shrinking is refused.
     fs = admin.create_partitions([NewPartitions(topic, 3)], request_timeout=30)
