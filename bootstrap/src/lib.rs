@@ -5,8 +5,15 @@
 //! starts one Raft group per partition this node replicates. A single node is the one-voter
 //! case of the same code: it initialises each new group with itself as the only voter.
 //!
-//! Restoring from the bucket when the data directory is empty is the next step of this
-//! crate's job (see the tiering issue); today a node recovers from its own WAL only.
+//! Every group snapshots through [`snapshots::NodeSnapshots`] (a local file plus a copy in
+//! the bucket) and starts from the newest snapshot it finds: the local one after a restart,
+//! the bucket's when the data directory is gone. A group whose state machine holds its whole
+//! state (metadata, committed offsets) gets a periodic snapshotter: it snapshots when the
+//! group has applied new entries, and openraft then purges the WAL up to it. Partition
+//! groups opt in once tiering keeps their data out of the log (their fetch path still reads
+//! batches from the WAL today).
+
+pub mod snapshots;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,7 +27,12 @@ use chronik_metastore::metadata::{
 use chronik_metastore::network::PeerNetwork;
 use chronik_metastore::state_machine::{ApplyState, StateMachine};
 use chronik_metastore::types::{GroupId, NodeId, Raft, METADATA_GROUP};
+use chronik_metastore::snapshot_store::SnapshotStore;
+use chronik_metastore::types::Vote;
 use chronik_metastore::wal::{Wal, WalConfig, WalError};
+use chronik_tiering::Bucket;
+use openraft::storage::RaftLogStorage;
+use snapshots::NodeSnapshots;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
@@ -68,6 +80,13 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     pub wal: WalConfig,
     pub raft: RaftTimings,
+    /// Local copies of group snapshots.
+    pub snapshot_dir: PathBuf,
+    pub bucket: Bucket,
+    /// How often a group with new entries is snapshotted (and its log purged).
+    pub snapshot_interval_ms: u64,
+    /// Snapshots kept per group in the bucket.
+    pub snapshots_kept: usize,
 }
 
 /// A running node: its WAL, its metadata group, and what it needs to start more groups.
@@ -77,7 +96,10 @@ pub struct Node {
     pub wal: Wal,
     pub metadata_raft: Raft,
     pub metadata: watch::Receiver<Arc<ClusterMetadata>>,
+    pub snapshots: Arc<NodeSnapshots>,
+    pub bucket: Bucket,
     raft_config: Arc<openraft::Config>,
+    snapshot_interval: Duration,
 }
 
 impl Node {
@@ -98,6 +120,9 @@ impl Node {
                 // Data lives in the log until tiering publishes it; snapshots are taken by
                 // the tiering loop, never by a log-count policy.
                 snapshot_policy: SnapshotPolicy::Never,
+                // A snapshot holds the whole state (and a partition's untiered tail), so the
+                // log it covers is not needed any more.
+                max_in_snapshot_log_to_keep: 0,
                 max_payload_entries: 256,
                 ..Default::default()
             }
@@ -107,21 +132,32 @@ impl Node {
                 message: e.to_string(),
             })?,
         );
+        let snapshots = Arc::new(NodeSnapshots::new(
+            config.snapshot_dir.clone(),
+            &config.bucket,
+            config.snapshots_kept,
+        ));
+        let snapshot_interval = Duration::from_millis(config.snapshot_interval_ms.max(10));
         let (state, metadata) = MetadataState::new();
         let metadata_raft = start_group(
             config.node_id,
             &wal,
             &raft_config,
+            &snapshots,
             METADATA_GROUP,
             StateMachine::new(state),
         )
         .await?;
+        spawn_snapshotter(metadata_raft.clone(), snapshot_interval);
         let node = Node {
             node_id: config.node_id,
             wal,
             metadata_raft,
             metadata,
+            snapshots,
+            bucket: config.bucket.clone(),
             raft_config,
+            snapshot_interval,
         };
         let timeout = Duration::from_secs(30);
         wait_leader(&node.metadata_raft, timeout)
@@ -151,10 +187,17 @@ impl Node {
             self.node_id,
             &self.wal,
             &self.raft_config,
+            &self.snapshots,
             group,
             state_machine,
         )
         .await
+    }
+
+    /// Snapshots `raft` every snapshot interval in which it applied new entries, letting
+    /// openraft purge its log. Only for groups whose snapshot holds their whole state.
+    pub fn spawn_snapshotter(&self, raft: &Raft) {
+        spawn_snapshotter(raft.clone(), self.snapshot_interval);
     }
 
     /// Proposes a metadata command and returns its applied result.
@@ -193,15 +236,34 @@ async fn start_group<A: ApplyState>(
     node_id: NodeId,
     wal: &Wal,
     raft_config: &Arc<openraft::Config>,
+    snapshots: &Arc<NodeSnapshots>,
     group: GroupId,
     state_machine: StateMachine<A>,
 ) -> Result<Raft, BootstrapError> {
     let raft_err = |message: String| BootstrapError::Raft { group, message };
+    let store: Arc<dyn SnapshotStore> = snapshots.clone();
+    let state_machine = state_machine.with_store(group, store.clone());
+    let mut log_store = wal.log_store(group);
+    if let Some(snapshot) = store.load(group).await.map_err(raft_err)? {
+        let covered = state_machine.restore(&snapshot.data).map_err(raft_err)?;
+        // A group restored onto an empty log (a wiped or new data directory) must not
+        // start an election in a term older than the entries its snapshot covers.
+        let vote = log_store
+            .read_vote()
+            .await
+            .map_err(|e| raft_err(e.to_string()))?;
+        if let (None, Some(covered)) = (vote, covered) {
+            log_store
+                .save_vote(&Vote::new(covered.leader_id.term, node_id))
+                .await
+                .map_err(|e| raft_err(e.to_string()))?;
+        }
+    }
     let raft = Raft::new(
         node_id,
         raft_config.clone(),
         PeerNetwork::new(group),
-        wal.log_store(group),
+        log_store,
         state_machine,
     )
     .await
@@ -242,4 +304,31 @@ pub async fn wait_leader(raft: &Raft, timeout: Duration) -> Option<NodeId> {
         }
     };
     tokio::time::timeout(timeout, wait).await.ok().flatten()
+}
+
+/// Snapshots `raft` every `interval` in which it applied new entries; openraft then purges
+/// the log up to the snapshot. Ends when the group shuts down.
+fn spawn_snapshotter(raft: Raft, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (applied, snapshot, running) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                (
+                    m.last_applied.map(|l| l.index),
+                    m.snapshot.map(|l| l.index),
+                    m.running_state.is_ok(),
+                )
+            };
+            if !running {
+                return;
+            }
+            if applied > snapshot && raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+    });
 }

@@ -41,6 +41,11 @@ pub struct Config {
     /// `always` (fsync every group commit), `never`, or `interval` (see `wal_fsync_interval_ms`).
     pub wal_fsync: String,
     pub wal_fsync_interval_ms: u64,
+    /// How often a Raft group with new entries is snapshotted (locally and to the bucket);
+    /// its WAL entries are purged after each snapshot.
+    pub snapshot_interval_ms: u64,
+    /// Snapshots kept per group in the bucket.
+    pub snapshots_kept: usize,
     pub raft_heartbeat_interval_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
@@ -68,6 +73,8 @@ impl Default for Config {
             wal_segment_bytes: 64 << 20,
             wal_fsync: "always".into(),
             wal_fsync_interval_ms: 5,
+            snapshot_interval_ms: 1000,
+            snapshots_kept: 3,
             raft_heartbeat_interval_ms: 100,
             raft_election_timeout_min_ms: 300,
             raft_election_timeout_max_ms: 600,

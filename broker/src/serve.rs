@@ -84,6 +84,10 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
             election_timeout_min_ms: config.raft_election_timeout_min_ms,
             election_timeout_max_ms: config.raft_election_timeout_max_ms,
         },
+        snapshot_dir: config.data_dir.join("snapshots"),
+        bucket: bucket.clone(),
+        snapshot_interval_ms: config.snapshot_interval_ms,
+        snapshots_kept: config.snapshots_kept,
     })
     .await
     .context("start node")?;

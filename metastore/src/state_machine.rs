@@ -45,6 +45,12 @@ pub trait ApplyState: Send + Sync + Sized + 'static {
     /// Rebuilds the state from [`ApplyState::to_snapshot`] bytes.
     fn from_snapshot(bytes: &[u8]) -> Result<Self, String>;
 
+    /// Takes over a state rebuilt from a snapshot. Override to keep what outlives the
+    /// contents, such as the channels readers are subscribed to.
+    fn adopt(&mut self, restored: Self) {
+        *self = restored;
+    }
+
     /// Called after a batch of entries was applied, outside the state lock (wake waiters).
     fn applied(_state: &Arc<RwLock<Self>>) {}
 }
@@ -146,7 +152,7 @@ impl<A: ApplyState> StateMachine<A> {
         {
             let mut state = self.state.write();
             let mut progress = self.progress.write();
-            *state = app;
+            state.adopt(app);
             progress.last_applied = meta.last_log_id;
             progress.membership = meta.last_membership.clone();
             progress.snapshot = Some((meta.clone(), data.to_vec()));
@@ -288,7 +294,7 @@ impl<A: ApplyState> RaftStateMachine<TypeConfig> for StateMachine<A> {
         {
             let mut state = self.state.write();
             let mut progress = self.progress.write();
-            *state = app;
+            state.adopt(app);
             progress.last_applied = meta.last_log_id;
             progress.membership = meta.last_membership.clone();
             progress.snapshot = Some((meta.clone(), data));

@@ -260,6 +260,13 @@ impl ApplyState for PartitionLog {
         Ok(log)
     }
 
+    fn adopt(&mut self, restored: Self) {
+        // Keep the high-watermark channel: fetches wait on it.
+        let hwm = std::mem::replace(&mut self.hwm, hwm_channel());
+        *self = restored;
+        self.hwm = hwm;
+    }
+
     fn applied(state: &Arc<RwLock<Self>>) {
         let s = state.read();
         s.hwm.send_if_modified(|hwm| {

@@ -63,6 +63,11 @@ impl ApplyState for MetadataState {
         Ok(Self { current, publish })
     }
 
+    fn adopt(&mut self, restored: Self) {
+        // Keep the publishing channel: the node's readers are subscribed to it.
+        self.current = restored.current;
+    }
+
     fn applied(state: &Arc<RwLock<Self>>) {
         let guard = state.read();
         guard.publish.send_replace(guard.current.clone());
