@@ -14,6 +14,12 @@ pub type GroupId = u64;
 /// The metadata group's id.
 pub const METADATA_GROUP: GroupId = 0;
 
+/// The committed consumer offsets group (Kafka's `__consumer_offsets`).
+pub const OFFSETS_GROUP: GroupId = 1;
+
+/// Ids below this are reserved for node-wide groups; partition groups start here.
+pub const FIRST_PARTITION_GROUP: GroupId = 16;
+
 /// A node id, as given by `--node-id`.
 pub type NodeId = u64;
 

@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use chronik_bootstrap::{BootstrapError, Node};
 use chronik_metastore::metadata::ClusterMetadata;
 use chronik_metastore::state_machine::StateMachine;
-use chronik_metastore::types::{GroupId, NodeId, Raft, METADATA_GROUP};
+use chronik_metastore::types::{GroupId, NodeId, Raft, FIRST_PARTITION_GROUP};
 use chronik_metastore::wal::WalLogStore;
 
 use super::batch::write_with_offset;
@@ -162,7 +162,8 @@ impl Registry {
             .flat_map(|t| t.partitions.iter().map(|p| p.group))
             .collect();
         for group in self.node.wal.groups() {
-            if group != METADATA_GROUP && !known.contains(&group) {
+            // Groups below FIRST_PARTITION_GROUP (metadata, offsets) are not partitions.
+            if group >= FIRST_PARTITION_GROUP && !known.contains(&group) {
                 if let Err(err) = self.node.wal.drop_group(group).await {
                     tracing::warn!(group, %err, "drop orphaned wal group");
                 }

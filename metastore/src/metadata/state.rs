@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::command::{MetadataCommand, MetadataError, MetadataResponse};
-use crate::types::{GroupId, NodeId, METADATA_GROUP};
+use crate::types::{GroupId, NodeId, FIRST_PARTITION_GROUP};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerInfo {
@@ -45,7 +45,7 @@ impl Default for ClusterMetadata {
             cluster_id: None,
             brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
-            next_group: METADATA_GROUP + 1,
+            next_group: FIRST_PARTITION_GROUP,
             next_producer_id: 1000,
         }
     }
@@ -164,7 +164,7 @@ mod tests {
             .values()
             .flat_map(|t| t.partitions.iter().map(|p| p.group))
             .collect();
-        assert_eq!(groups, vec![1, 2, 3]);
+        assert_eq!(groups, vec![16, 17, 18]);
         assert_eq!(
             m.apply(create("a", 1)),
             MetadataResponse::Error(MetadataError::TopicExists("a".into()))
@@ -177,7 +177,7 @@ mod tests {
         m.apply(create("a", 1));
         m.apply(MetadataCommand::DeleteTopic { name: "a".into() });
         m.apply(create("a", 1));
-        assert_eq!(m.topics["a"].partitions[0].group, 2);
+        assert_eq!(m.topics["a"].partitions[0].group, 17);
     }
 
     #[test]
