@@ -12,6 +12,7 @@ use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use chronik_bootstrap::Node;
 
 use crate::config::Config;
+use crate::group::Coordinator;
 use crate::metrics::Metrics;
 use crate::partition::Registry;
 use crate::protocol::{encode_response, Request};
@@ -22,6 +23,8 @@ pub struct Broker {
     pub node: Node,
     pub partitions: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Consumer groups and committed offsets.
+    pub groups: Arc<Coordinator>,
     /// (host, port) told to clients.
     pub advertised: (String, u16),
 }
@@ -71,6 +74,25 @@ impl Broker {
             }
             RequestKind::DescribeCluster(r) => ready(self.describe_cluster(r)),
             RequestKind::InitProducerId(r) => ready(self.init_producer_id(r).await),
+            RequestKind::FindCoordinator(r) => ready(self.find_coordinator(r, version)),
+            RequestKind::JoinGroup(r) => {
+                let client_id = req
+                    .header
+                    .client_id
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_string();
+                self.join_group(r, version, client_id)
+            }
+            RequestKind::SyncGroup(r) => self.sync_group(r, version),
+            RequestKind::Heartbeat(r) => ready(self.heartbeat(r, version)),
+            RequestKind::LeaveGroup(r) => ready(self.leave_group(r, version)),
+            RequestKind::OffsetCommit(r) => self.offset_commit(r, version),
+            RequestKind::OffsetFetch(r) => ready(self.offset_fetch(r, version)),
+            RequestKind::ListGroups(r) => ready(self.list_groups(r, version)),
+            RequestKind::DescribeGroups(r) => ready(self.describe_groups(r, version)),
+            RequestKind::DeleteGroups(r) => self.delete_groups(r),
+            RequestKind::OffsetDelete(r) => self.offset_delete(r),
             other => {
                 // decode_request only lets advertised APIs through, so this is a bug.
                 tracing::error!(?api, "no handler for decoded request {:?}", other);

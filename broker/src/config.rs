@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -51,6 +52,12 @@ pub struct Config {
     pub raft_election_timeout_max_ms: u64,
     /// Log filter, e.g. `info` or `chronik=debug`; `RUST_LOG` wins when set.
     pub log: String,
+    /// Bounds on a consumer's session timeout (`group.min/max.session.timeout.ms`).
+    pub group_min_session_timeout_ms: u64,
+    pub group_max_session_timeout_ms: u64,
+    /// How long the first rebalance of an empty group waits for more members
+    /// (`group.initial.rebalance.delay.ms`; Kafka's default is 3000).
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -79,6 +86,9 @@ impl Default for Config {
             raft_election_timeout_min_ms: 300,
             raft_election_timeout_max_ms: 600,
             log: "info,openraft=warn".into(),
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_initial_rebalance_delay_ms: 300,
         }
     }
 }
@@ -121,6 +131,9 @@ impl Config {
                 "raft timings must satisfy heartbeat < election-timeout-min < election-timeout-max"
             );
         }
+        if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
+            bail!("group-min-session-timeout-ms must not exceed group-max-session-timeout-ms");
+        }
         if let Some(peers) = &self.peers {
             let others: Vec<&str> = peers
                 .split(',')
@@ -143,6 +156,14 @@ impl Config {
             "never" => Ok(FsyncPolicy::Never),
             "interval" => Ok(FsyncPolicy::IntervalMs(self.wal_fsync_interval_ms.max(1))),
             other => bail!("wal-fsync must be always, interval or never, not {other:?}"),
+        }
+    }
+
+    pub fn group_config(&self) -> crate::group::GroupConfig {
+        crate::group::GroupConfig {
+            min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
+            max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
+            initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
         }
     }
 

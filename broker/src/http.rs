@@ -48,7 +48,8 @@ async fn answer(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
         "/metrics" => (
             "200 OK",
             "text/plain; version=0.0.4",
-            broker.metrics.render(&broker.gauges()),
+            broker.metrics.render(&broker.gauges())
+                + &broker.groups.render_metrics(&broker.partitions),
         ),
         _ => (
             "404 Not Found",

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod config;
 pub mod errors;
+pub mod group;
 mod handlers;
 pub mod http;
 pub mod metrics;

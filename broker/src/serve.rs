@@ -12,6 +12,7 @@ use chronik_metastore::wal::WalConfig;
 
 use crate::broker::Broker;
 use crate::config::{parse_addr, Config};
+use crate::group::Coordinator;
 use crate::metrics::Metrics;
 use crate::partition::Registry;
 
@@ -29,6 +30,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let broker = open(config).await?;
     let (node, partitions) = (broker.node.clone(), broker.partitions.clone());
+    let groups = broker.groups.clone();
     tracing::info!(
         node_id = broker.config.node_id,
         kafka = %kafka_addr,
@@ -46,6 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     http_task.abort();
     let stop = async {
         partitions.shutdown().await;
+        groups.shutdown().await;
         node.shutdown().await;
     };
     if tokio::time::timeout(Duration::from_secs(10), stop)
@@ -116,12 +119,16 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
         .await
         .context("start partitions")?;
     partitions.spawn_reconciler();
+    let groups = Coordinator::start(&node, config.group_config())
+        .await
+        .context("start the group coordinator")?;
 
     let broker = Arc::new(Broker {
         config,
         node,
         partitions,
         metrics: Arc::new(Metrics::default()),
+        groups,
         advertised,
     });
     Ok(broker)

@@ -24,6 +24,19 @@ pub const SUPPORTED_APIS: &[(ApiKey, (i16, i16))] = &[
     (ApiKey::CreatePartitions, (0, 3)),
     (ApiKey::IncrementalAlterConfigs, (0, 1)),
     (ApiKey::DescribeCluster, (0, 1)),
+    // Consumer groups (classic protocol). OffsetCommit/OffsetFetch stop before v10, which
+    // identifies topics by id only.
+    (ApiKey::FindCoordinator, (0, 6)),
+    (ApiKey::JoinGroup, (0, 9)),
+    (ApiKey::SyncGroup, (0, 5)),
+    (ApiKey::Heartbeat, (0, 4)),
+    (ApiKey::LeaveGroup, (0, 5)),
+    (ApiKey::OffsetCommit, (2, 9)),
+    (ApiKey::OffsetFetch, (1, 9)),
+    (ApiKey::ListGroups, (0, 5)),
+    (ApiKey::DescribeGroups, (0, 6)),
+    (ApiKey::DeleteGroups, (0, 2)),
+    (ApiKey::OffsetDelete, (0, 0)),
 ];
 
 /// The supported range of one API, if any.
