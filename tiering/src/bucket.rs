@@ -23,9 +23,7 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{
-    ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
-};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion};
 use url::Url;
 
 use crate::retry::{self, RetryPolicy};
@@ -99,16 +97,14 @@ pub fn default_bucket_url(data_dir: &Path) -> Result<String, TieringError> {
 }
 
 /// object_store's own HTTP retries are switched off: [`RetryPolicy`] is the one budget.
+/// (Client options such as AWS_ALLOW_HTTP come from the environment and are left alone;
+/// object_store's defaults already bound connect and request time.)
 fn client_retry() -> RetryConfig {
     RetryConfig {
         max_retries: 0,
         retry_timeout: Duration::from_secs(1),
         ..RetryConfig::default()
     }
-}
-
-fn client_options() -> ClientOptions {
-    ClientOptions::new().with_connect_timeout(Duration::from_secs(5))
 }
 
 /// The bucket (or container) name and key prefix of a cloud URL.
@@ -151,7 +147,6 @@ fn build_store(url: &str, parsed: &Url) -> Result<Arc<dyn ObjectStore>, TieringE
                 .with_bucket_name(name)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
                 .with_retry(client_retry())
-                .with_client_options(client_options())
                 .build()
                 .map_err(open_err)?;
             (Arc::new(s3), prefix)
@@ -161,7 +156,6 @@ fn build_store(url: &str, parsed: &Url) -> Result<Arc<dyn ObjectStore>, TieringE
             let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(name)
                 .with_retry(client_retry())
-                .with_client_options(client_options())
                 .build()
                 .map_err(open_err)?;
             (Arc::new(gcs), prefix)
@@ -171,7 +165,6 @@ fn build_store(url: &str, parsed: &Url) -> Result<Arc<dyn ObjectStore>, TieringE
             let az = object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_container_name(name)
                 .with_retry(client_retry())
-                .with_client_options(client_options())
                 .build()
                 .map_err(open_err)?;
             (Arc::new(az), prefix)
