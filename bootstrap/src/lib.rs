@@ -25,16 +25,16 @@ use chronik_metastore::metadata::{
     MetadataResponse, MetadataState,
 };
 use chronik_metastore::network::PeerNetwork;
-use chronik_metastore::state_machine::{ApplyState, StateMachine};
-use chronik_metastore::types::{GroupId, NodeId, Raft, METADATA_GROUP};
 use chronik_metastore::snapshot_store::SnapshotStore;
+use chronik_metastore::state_machine::{ApplyState, StateMachine};
 use chronik_metastore::types::Vote;
+use chronik_metastore::types::{GroupId, NodeId, Raft, METADATA_GROUP};
 use chronik_metastore::wal::{Wal, WalConfig, WalError};
 use chronik_tiering::Bucket;
-use openraft::storage::RaftLogStorage;
-use snapshots::NodeSnapshots;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use snapshots::NodeSnapshots;
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]

@@ -70,9 +70,19 @@ impl NodeSnapshots {
         }
     }
 
-    async fn upload(&self, group: GroupId, snapshot: &StoredSnapshot) -> Result<(), object_store::Error> {
-        let key = ObjectPath::from(format!("{}{:020}.snap", group_prefix(group), snapshot.last_log_index));
-        self.store.put(&key, PutPayload::from(snapshot.data.clone())).await?;
+    async fn upload(
+        &self,
+        group: GroupId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), object_store::Error> {
+        let key = ObjectPath::from(format!(
+            "{}{:020}.snap",
+            group_prefix(group),
+            snapshot.last_log_index
+        ));
+        self.store
+            .put(&key, PutPayload::from(snapshot.data.clone()))
+            .await?;
         let mut keys: Vec<ObjectPath> = self
             .store
             .list(Some(&ObjectPath::from(group_prefix(group))))
@@ -166,7 +176,9 @@ impl SnapshotStore for NodeSnapshots {
                             data: Bytes::from(data),
                         }))
                     }
-                    Err(err) => tracing::error!(group, %err, "local snapshot is corrupt; trying the bucket"),
+                    Err(err) => {
+                        tracing::error!(group, %err, "local snapshot is corrupt; trying the bucket")
+                    }
                 }
             }
             self.load_from_bucket(group).await

@@ -25,6 +25,8 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     /// Consumer groups and committed offsets.
     pub groups: Arc<Coordinator>,
+    /// Tiering to the bucket and reads of tiered data.
+    pub tier: Arc<crate::tiering::Tier>,
     /// (host, port) told to clients.
     pub advertised: (String, u16),
 }

@@ -47,6 +47,15 @@ pub struct Config {
     pub snapshot_interval_ms: u64,
     /// Snapshots kept per group in the bucket.
     pub snapshots_kept: usize,
+    /// How often each partition leader ships its untiered tail to the bucket.
+    pub tiering_interval_ms: u64,
+    /// A chunk object is cut at this many bytes of record batches.
+    pub tiering_chunk_bytes: u64,
+    /// Untiered bytes the node may hold (in memory, awaiting upload) before producers get
+    /// a retriable KAFKA_STORAGE_ERROR; reached only while the bucket is slow or down.
+    pub max_untiered_bytes: u64,
+    /// Bytes of decoded chunks cached for reads of tiered data.
+    pub read_cache_bytes: u64,
     pub raft_heartbeat_interval_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
@@ -82,6 +91,10 @@ impl Default for Config {
             wal_fsync_interval_ms: 5,
             snapshot_interval_ms: 1000,
             snapshots_kept: 3,
+            tiering_interval_ms: 1000,
+            tiering_chunk_bytes: 8 << 20,
+            max_untiered_bytes: 256 << 20,
+            read_cache_bytes: 64 << 20,
             raft_heartbeat_interval_ms: 100,
             raft_election_timeout_min_ms: 300,
             raft_election_timeout_max_ms: 600,
@@ -148,6 +161,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn tier_config(&self) -> crate::tiering::TierConfig {
+        crate::tiering::TierConfig {
+            interval: std::time::Duration::from_millis(self.tiering_interval_ms.max(10)),
+            chunk_bytes: self.tiering_chunk_bytes.max(1) as usize,
+            max_untiered_bytes: self.max_untiered_bytes,
+            cache_bytes: self.read_cache_bytes as usize,
+            concurrency: 8,
+        }
     }
 
     pub fn fsync_policy(&self) -> anyhow::Result<FsyncPolicy> {

@@ -49,7 +49,8 @@ async fn answer(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
             "200 OK",
             "text/plain; version=0.0.4",
             broker.metrics.render(&broker.gauges())
-                + &broker.groups.render_metrics(&broker.partitions),
+                + &broker.groups.render_metrics(&broker.partitions)
+                + &broker.tier.render_metrics(&broker.node.snapshots.stats),
         ),
         _ => (
             "404 Not Found",

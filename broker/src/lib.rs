@@ -12,4 +12,5 @@ pub mod partition;
 pub mod protocol;
 pub mod serve;
 pub mod server;
+pub mod tiering;
 pub mod topic_config;

@@ -88,6 +88,30 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     wal_fsync_interval_ms: Option<u64>,
+    /// How often partition leaders ship their untiered tail to the bucket [default: 1000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tiering_interval_ms: Option<u64>,
+    /// Bytes of record batches per chunk object [default: 8388608].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tiering_chunk_bytes: Option<u64>,
+    /// Untiered bytes held before producers get a retriable error [default: 268435456].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_untiered_bytes: Option<u64>,
+    /// Bytes of tiered data cached for reads [default: 67108864].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_cache_bytes: Option<u64>,
+    /// How often a Raft group with new entries is snapshotted and its WAL purged [default: 1000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_interval_ms: Option<u64>,
+    /// Snapshots kept per group in the bucket [default: 3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshots_kept: Option<usize>,
     /// Log filter, e.g. info or chronik_broker=debug [default: info].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

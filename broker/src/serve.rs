@@ -15,6 +15,7 @@ use crate::config::{parse_addr, Config};
 use crate::group::Coordinator;
 use crate::metrics::Metrics;
 use crate::partition::Registry;
+use crate::tiering::Tier;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.advertised()?;
@@ -113,12 +114,14 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
             .context("register broker")?;
     }
 
-    let partitions = Registry::new(node.clone());
+    let tier = Tier::new(bucket.clone(), config.tier_config());
+    let partitions = Registry::new(node.clone(), tier.clone());
     partitions
         .reconcile(&node.cluster())
         .await
         .context("start partitions")?;
     partitions.spawn_reconciler();
+    tier.spawn(partitions.clone(), config.node_id);
     let groups = Coordinator::start(&node, config.group_config())
         .await
         .context("start the group coordinator")?;
@@ -129,6 +132,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
         partitions,
         metrics: Arc::new(Metrics::default()),
         groups,
+        tier,
         advertised,
     });
     Ok(broker)

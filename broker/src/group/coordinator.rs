@@ -133,6 +133,8 @@ impl Coordinator {
         let sm = StateMachine::new(OffsetsState::default());
         let offsets = sm.state();
         let raft = node.start_group(OFFSETS_GROUP, sm).await?;
+        // Committed offsets are wholly in the snapshot: snapshot them and purge the WAL.
+        node.spawn_snapshotter(&raft);
         let timeout = Duration::from_secs(30);
         wait_leader(&raft, timeout)
             .await

@@ -113,21 +113,9 @@ impl Broker {
         if let Some(e) = super::offsets::epoch_error(fp.current_leader_epoch, p.leader_epoch()) {
             return Err(e);
         }
-        let (batches, start, hwm) = {
+        let (start, hwm) = {
             let log = p.log.read();
-            let (start, hwm) = (log.log_start_offset(), log.high_watermark());
-            let batches = if fp.fetch_offset < hwm && limit > 0 {
-                // KIP-74: the first batch of the response is returned even over the limit.
-                let max = if first { limit.max(1) } else { limit };
-                let mut b = log.batches_from(fp.fetch_offset, max);
-                if !first && b.first().is_some_and(|x| x.bytes as usize > limit) {
-                    b.clear();
-                }
-                b
-            } else {
-                Vec::new()
-            };
-            (batches, start, hwm)
+            (log.log_start_offset(), log.high_watermark())
         };
         pd.high_watermark = hwm;
         pd.last_stable_offset = hwm;
@@ -135,13 +123,14 @@ impl Broker {
         if fp.fetch_offset < start || fp.fetch_offset > hwm {
             return Err(code::OFFSET_OUT_OF_RANGE);
         }
-        let records = if batches.is_empty() {
-            Bytes::new()
-        } else {
-            p.read(&batches).await.map_err(|e| {
+        let records = if fp.fetch_offset < hwm && limit > 0 {
+            // KIP-74: the first batch of the response is returned even over the limit.
+            p.read_at(fp.fetch_offset, limit, first).await.map_err(|e| {
                 tracing::error!(topic = %p.topic, partition = p.index, err = %e, "read stored batches");
                 code::KAFKA_STORAGE_ERROR
             })?
+        } else {
+            Bytes::new()
         };
         let n = records.len();
         pd.records = Some(records);

@@ -64,12 +64,12 @@ impl Broker {
 
     /// (offset, timestamp, leader epoch) for a ListOffsets query.
     async fn lookup_offset(&self, p: &Partition, query: i64) -> Result<(i64, i64, i32), i16> {
-        let (start, hwm, epoch, start_epoch, batch) = {
+        let (start, hwm, epoch, start_epoch, found) = {
             let log = p.log.read();
-            let batch = match query {
+            let found = match query {
                 LATEST | EARLIEST => None,
-                MAX_TIMESTAMP => log.batch_with_max_timestamp(),
-                ts if ts >= 0 => log.batch_for_timestamp(ts),
+                MAX_TIMESTAMP => log.max_timestamp_plan(),
+                ts if ts >= 0 => log.find_timestamp(ts).map(|plan| (plan, ts)),
                 _ => return Err(code::INVALID_REQUEST),
             };
             (
@@ -77,7 +77,7 @@ impl Broker {
                 log.high_watermark(),
                 log.current_epoch(),
                 log.epoch_at(log.log_start_offset()),
-                batch,
+                found,
             )
         };
         match query {
@@ -86,31 +86,25 @@ impl Broker {
             _ => {}
         }
         // No batch at or after the timestamp: Kafka answers offset -1.
-        let Some(batch) = batch else {
+        let Some((plan, target)) = found else {
             return Ok((-1, -1, -1));
         };
-        let mut bytes = p.read(&[batch]).await.map_err(|e| {
-            tracing::error!(topic = %p.topic, partition = p.index, err = %e, "read batch for timestamp lookup");
+        let mut bytes = p.read_plan(plan).await.map_err(|e| {
+            tracing::error!(topic = %p.topic, partition = p.index, err = %e, "read batches for timestamp lookup");
             code::KAFKA_STORAGE_ERROR
         })?;
-        let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
+        let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| {
             tracing::error!(topic = %p.topic, partition = p.index, err = %e, "decode stored batch");
             code::CORRUPT_MESSAGE
         })?;
-        let target = if query == MAX_TIMESTAMP {
-            batch.max_timestamp
-        } else {
-            query
-        };
-        let record = set
-            .records
+        let record = sets
             .iter()
-            .find(|r| r.timestamp >= target)
-            .or(set.records.last());
-        match record {
-            Some(r) => Ok((r.offset, r.timestamp, batch.leader_epoch)),
-            None => Ok((batch.base_offset, batch.max_timestamp, batch.leader_epoch)),
-        }
+            .flat_map(|s| s.records.iter())
+            .find(|r| r.offset >= start && r.timestamp >= target);
+        Ok(match record {
+            Some(r) => (r.offset, r.timestamp, p.log.read().epoch_at(r.offset)),
+            None => (-1, -1, -1),
+        })
     }
 
     pub(crate) fn offset_for_leader_epoch(&self, req: OffsetForLeaderEpochRequest) -> ResponseKind {

@@ -149,6 +149,14 @@ impl Broker {
             return Pending::Done(code::INVALID_RECORD, Some("no records".into()));
         };
         self.metrics.add_bytes_in(records.len() as u64);
+        if self.tier.over_limit() {
+            // The bucket is behind (slow or unreachable): refuse rather than let untiered
+            // data grow without bound. Clients retry KAFKA_STORAGE_ERROR.
+            return Pending::Done(
+                code::KAFKA_STORAGE_ERROR,
+                Some("untiered data is over max_untiered_bytes: the bucket is behind".into()),
+            );
+        }
         match validate_produce(&records, max_message_bytes) {
             Err(e) => return Pending::Done(batch_error_code(&e), Some(e.to_string())),
             // Clients learn that zstd is allowed from Produce v7 on (KIP-110).

@@ -1,13 +1,19 @@
 //! The partition state machine: what a partition's committed Raft log means in Kafka terms.
 //!
 //! Each committed `Append` command carries one record batch as the client sent it. Apply
-//! checks the producer's sequence, assigns the next offsets and records where the batch
-//! lives (its Raft log index), so fetches read batches straight out of the log. Everything
-//! is a deterministic function of the log, so every replica assigns the same offsets, and a
-//! restart rebuilds the same index by replaying the log.
+//! checks the producer's sequence, assigns the next offsets and keeps the batch (a shared
+//! slice of the log entry, not a copy) in the untiered tail. The tiering loop uploads a
+//! prefix of the tail as a chunk object and commits a `ChunkTiered` command: from then on
+//! those offsets are served from the bucket and the tail drops them. Everything is a
+//! deterministic function of the log, so every replica assigns the same offsets.
 //!
-//! Invariants: `batches` is sorted by offset and contiguous from `log_start_offset` to
-//! `log_end_offset`; the leader epoch of a batch is the Raft term of its entry.
+//! A snapshot holds the whole partition — the chunk manifest, producer state, leader epochs
+//! and the untiered tail's bytes — so the Raft log can be purged after every snapshot and a
+//! node that lost its disk restores the partition from the bucket alone.
+//!
+//! Invariants: `chunks` then `tail` cover `log_start_offset..log_end_offset` in order with
+//! no gap (chunks may start below `log_start_offset` after DeleteRecords); the leader epoch
+//! of a batch is the Raft term of the entry that appended it.
 
 use std::sync::Arc;
 
@@ -24,6 +30,7 @@ use super::producers::{ProducerTable, SequenceCheck};
 use crate::errors::code;
 
 const CMD_APPEND: u8 = 1;
+const CMD_CHUNK_TIERED: u8 = 2;
 /// Offset of the batch inside an append command (after the kind byte).
 pub const APPEND_BATCH_POS: usize = 1;
 
@@ -33,6 +40,36 @@ pub fn append_command(batch: &[u8]) -> Command {
     b.put_u8(CMD_APPEND);
     b.put_slice(batch);
     Command(b.freeze())
+}
+
+/// Encodes the command that records an uploaded chunk in the manifest.
+pub fn chunk_tiered_command(chunk: &ChunkRef) -> Command {
+    let mut b = BytesMut::new();
+    b.put_u8(CMD_CHUNK_TIERED);
+    // Serialising strings and integers cannot fail.
+    b.put_slice(&serde_json::to_vec(chunk).unwrap_or_default());
+    Command(b.freeze())
+}
+
+/// A chunk object in the bucket holding the batches `base_offset..=last_offset`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub key: String,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    /// Size of the object.
+    pub size: u64,
+}
+
+/// Where a read at some offset is served from.
+#[derive(Debug)]
+pub enum ReadPlan {
+    /// Untiered batches, in memory.
+    Tail(Vec<BatchLocation>),
+    /// A chunk in the bucket that holds the offset.
+    Chunk(ChunkRef),
+    Empty,
 }
 
 /// The outcome of one append, as every replica computed it.
@@ -69,8 +106,8 @@ impl AppendResult {
     }
 }
 
-/// Where one batch lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One untiered batch and its bytes as the client sent them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchLocation {
     pub base_offset: i64,
     pub last_offset: i64,
@@ -79,10 +116,16 @@ pub struct BatchLocation {
     /// Raft log index of the append entry holding the batch.
     pub log_index: u64,
     pub bytes: u32,
+    /// The batch (offset fields not yet rewritten); carried outside the JSON in snapshots.
+    #[serde(skip)]
+    pub data: Bytes,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PartitionLog {
+    /// The manifest: tiered chunks in offset order.
+    chunks: Vec<ChunkRef>,
+    /// The untiered tail, in offset order.
     batches: Vec<BatchLocation>,
     log_start_offset: i64,
     log_end_offset: i64,
@@ -100,6 +143,7 @@ fn hwm_channel() -> watch::Sender<i64> {
 impl Default for PartitionLog {
     fn default() -> Self {
         Self {
+            chunks: Vec::new(),
             batches: Vec::new(),
             log_start_offset: 0,
             log_end_offset: 0,
@@ -128,6 +172,61 @@ impl PartitionLog {
         self.epochs.last().map(|e| e.0).unwrap_or(0)
     }
 
+    /// Where a read at `offset` is served from: a chunk in the bucket, or the tail.
+    pub fn plan_read(&self, offset: i64, max_bytes: usize) -> ReadPlan {
+        if let Some(c) = self.chunk_for(offset) {
+            return ReadPlan::Chunk(c.clone());
+        }
+        let batches = self.batches_from(offset, max_bytes);
+        if batches.is_empty() {
+            ReadPlan::Empty
+        } else {
+            ReadPlan::Tail(batches)
+        }
+    }
+
+    /// The chunk holding `offset`, if it is tiered.
+    pub fn chunk_for(&self, offset: i64) -> Option<&ChunkRef> {
+        let i = self.chunks.partition_point(|c| c.last_offset < offset);
+        self.chunks.get(i).filter(|c| c.base_offset <= offset)
+    }
+
+    pub fn chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
+
+    /// Bytes held in memory by the untiered tail.
+    pub fn untiered_bytes(&self) -> u64 {
+        self.batches.iter().map(|b| b.bytes as u64).sum()
+    }
+
+    /// The oldest untiered batches, up to `max_bytes` (at least one): the next chunk.
+    pub fn untiered_prefix(&self, max_bytes: usize) -> Vec<BatchLocation> {
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for b in &self.batches {
+            if !out.is_empty() && total + b.bytes as usize > max_bytes {
+                break;
+            }
+            total += b.bytes as usize;
+            out.push(b.clone());
+        }
+        out
+    }
+
+    /// The first chunk or tail batch whose max timestamp is at or after `timestamp`.
+    pub fn find_timestamp(&self, timestamp: i64) -> Option<ReadPlan> {
+        if let Some(c) = self
+            .chunks
+            .iter()
+            .find(|c| c.max_timestamp >= timestamp && c.last_offset >= self.log_start_offset)
+        {
+            return Some(ReadPlan::Chunk(c.clone()));
+        }
+        self.batch_for_timestamp(timestamp)
+            .map(|b| ReadPlan::Tail(vec![b]))
+    }
+
     /// Batches from the one containing `offset`, until `max_bytes` is reached (the first
     /// batch is always included, as Kafka does, so a consumer can always make progress).
     pub fn batches_from(&self, offset: i64, max_bytes: usize) -> Vec<BatchLocation> {
@@ -139,7 +238,7 @@ impl PartitionLog {
                 break;
             }
             total += b.bytes as usize;
-            out.push(*b);
+            out.push(b.clone());
         }
         out
     }
@@ -149,15 +248,26 @@ impl PartitionLog {
         self.batches
             .iter()
             .find(|b| b.max_timestamp >= timestamp)
-            .copied()
+            .cloned()
     }
 
-    /// The batch with the largest timestamp (the first such, as Kafka picks).
-    pub fn batch_with_max_timestamp(&self) -> Option<BatchLocation> {
-        let mut best: Option<BatchLocation> = None;
+    /// Where the largest timestamp lives (the first such, as Kafka picks), and its value.
+    pub fn max_timestamp_plan(&self) -> Option<(ReadPlan, i64)> {
+        let mut best: Option<(ReadPlan, i64)> = None;
+        let better =
+            |best: &Option<(ReadPlan, i64)>, ts: i64| best.as_ref().is_none_or(|(_, b)| ts > *b);
+        for c in self
+            .chunks
+            .iter()
+            .filter(|c| c.last_offset >= self.log_start_offset)
+        {
+            if better(&best, c.max_timestamp) {
+                best = Some((ReadPlan::Chunk(c.clone()), c.max_timestamp));
+            }
+        }
         for b in &self.batches {
-            if best.is_none_or(|x| b.max_timestamp > x.max_timestamp) {
-                best = Some(*b);
+            if better(&best, b.max_timestamp) {
+                best = Some((ReadPlan::Tail(vec![b.clone()]), b.max_timestamp));
             }
         }
         best
@@ -196,7 +306,39 @@ impl PartitionLog {
         }
     }
 
-    fn append(&mut self, log_id: &LogId, batch: &[u8]) -> AppendResult {
+    /// Records an uploaded chunk: it must cover exactly a prefix of the tail (a stale or
+    /// repeated proposal is refused, identically on every replica).
+    fn chunk_tiered(&mut self, chunk: ChunkRef) -> AppendResult {
+        let refused = AppendResult {
+            error: code::INVALID_REQUEST,
+            base_offset: -1,
+            log_start_offset: self.log_start_offset,
+        };
+        let starts_tail = self
+            .batches
+            .first()
+            .is_some_and(|b| b.base_offset == chunk.base_offset);
+        let Some(end) = self
+            .batches
+            .iter()
+            .position(|b| b.last_offset == chunk.last_offset)
+        else {
+            return refused;
+        };
+        if !starts_tail {
+            return refused;
+        }
+        self.batches.drain(..=end);
+        let base_offset = chunk.base_offset;
+        self.chunks.push(chunk);
+        AppendResult {
+            error: code::NONE,
+            base_offset,
+            log_start_offset: self.log_start_offset,
+        }
+    }
+
+    fn append(&mut self, log_id: &LogId, batch: Bytes) -> AppendResult {
         let result = |error, base_offset| AppendResult {
             error,
             base_offset,
@@ -204,7 +346,7 @@ impl PartitionLog {
         };
         // The leader validated the batch before proposing; a replica that disagrees about its
         // header must not apply it (and will answer the same on every replica).
-        let Ok(header) = BatchHeader::parse(batch) else {
+        let Ok(header) = BatchHeader::parse(&batch) else {
             return result(code::CORRUPT_MESSAGE, -1);
         };
         match self.producers.check(&header) {
@@ -223,6 +365,7 @@ impl PartitionLog {
             leader_epoch: log_id.leader_id.term as i32,
             log_index: log_id.index,
             bytes: header.batch_len as u32,
+            data: batch.slice(..header.batch_len),
         });
         self.log_end_offset = last_offset + 1;
         result(code::NONE, base_offset)
@@ -233,7 +376,15 @@ impl ApplyState for PartitionLog {
     fn apply(&mut self, log_id: &LogId, command: &Command) -> CommandResponse {
         let bytes: &Bytes = &command.0;
         let result = match bytes.first() {
-            Some(&CMD_APPEND) => self.append(log_id, &bytes[APPEND_BATCH_POS..]),
+            Some(&CMD_APPEND) => self.append(log_id, bytes.slice(APPEND_BATCH_POS..)),
+            Some(&CMD_CHUNK_TIERED) => match serde_json::from_slice(&bytes[1..]) {
+                Ok(chunk) => self.chunk_tiered(chunk),
+                Err(_) => AppendResult {
+                    error: code::CORRUPT_MESSAGE,
+                    base_offset: -1,
+                    log_start_offset: self.log_start_offset,
+                },
+            },
             _ => AppendResult {
                 error: code::CORRUPT_MESSAGE,
                 base_offset: -1,
@@ -250,12 +401,41 @@ impl ApplyState for PartitionLog {
         }
     }
 
+    /// `u32 BE length | JSON of the state | the tail batches' bytes, in order`.
     fn to_snapshot(&self) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(self).map_err(|e| e.to_string())
+        let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        let tail: usize = self.batches.iter().map(|b| b.data.len()).sum();
+        let mut out = Vec::with_capacity(4 + json.len() + tail);
+        out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        out.extend_from_slice(&json);
+        for b in &self.batches {
+            out.extend_from_slice(&b.data);
+        }
+        Ok(out)
     }
 
     fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {
-        let log: PartitionLog = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let len = bytes
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or("partition snapshot is truncated")?;
+        let json = bytes
+            .get(4..4 + len)
+            .ok_or("partition snapshot is truncated")?;
+        let mut log: PartitionLog = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let data = Bytes::copy_from_slice(&bytes[4 + len..]);
+        let mut at = 0usize;
+        for b in &mut log.batches {
+            let end = at + b.bytes as usize;
+            b.data = data
+                .get(at..end)
+                .map(|_| data.slice(at..end))
+                .ok_or("partition snapshot tail is truncated")?;
+            at = end;
+        }
+        if at != data.len() {
+            return Err("partition snapshot has trailing bytes".into());
+        }
         log.hwm.send_replace(log.log_end_offset);
         Ok(log)
     }

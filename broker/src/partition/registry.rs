@@ -9,17 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use openraft::{EntryPayload, ServerState};
+use openraft::ServerState;
 use parking_lot::RwLock;
 
 use chronik_bootstrap::{BootstrapError, Node};
 use chronik_metastore::metadata::ClusterMetadata;
 use chronik_metastore::state_machine::StateMachine;
 use chronik_metastore::types::{GroupId, NodeId, Raft, FIRST_PARTITION_GROUP};
-use chronik_metastore::wal::WalLogStore;
 
 use super::batch::write_with_offset;
-use super::log::{BatchLocation, PartitionLog, APPEND_BATCH_POS};
+use super::log::{BatchLocation, PartitionLog, ReadPlan};
+use crate::tiering::Tier;
 
 /// One partition replica on this node.
 pub struct Partition {
@@ -28,7 +28,8 @@ pub struct Partition {
     pub group: GroupId,
     pub raft: Raft,
     pub log: Arc<RwLock<PartitionLog>>,
-    store: WalLogStore,
+    pub topic_id: uuid::Uuid,
+    tier: Arc<Tier>,
 }
 
 impl Partition {
@@ -53,46 +54,91 @@ impl Partition {
         self.raft.metrics().borrow().current_term as i32
     }
 
-    /// Reads stored batches and rewrites their offset and epoch for the wire.
-    pub async fn read(&self, batches: &[BatchLocation]) -> Result<Bytes, String> {
+    /// Untiered batches from memory, with their offset and epoch rewritten for the wire.
+    pub fn read(&self, batches: &[BatchLocation]) -> Bytes {
         let total: usize = batches.iter().map(|b| b.bytes as usize).sum();
         let mut out = BytesMut::with_capacity(total);
         for b in batches {
-            let entry = self
-                .store
-                .read_entry(b.log_index)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    format!("log entry {} of group {} is gone", b.log_index, self.group)
-                })?;
-            let EntryPayload::Normal(cmd) = entry.payload else {
-                return Err(format!("log entry {} is not an append", b.log_index));
-            };
-            let end = APPEND_BATCH_POS + b.bytes as usize;
-            if cmd.0.len() < end {
-                return Err(format!(
-                    "log entry {} is shorter than its batch",
-                    b.log_index
-                ));
-            }
-            let batch = cmd.0.slice(APPEND_BATCH_POS..end);
-            write_with_offset(&mut out, &batch, b.base_offset, b.leader_epoch);
+            write_with_offset(&mut out, &b.data, b.base_offset, b.leader_epoch);
         }
-        Ok(out.freeze())
+        out.freeze()
     }
+
+    /// Everything a read plan names: tail batches, or a whole chunk.
+    pub async fn read_plan(&self, plan: ReadPlan) -> Result<Bytes, String> {
+        match plan {
+            ReadPlan::Empty => Ok(Bytes::new()),
+            ReadPlan::Tail(batches) => Ok(self.read(&batches)),
+            ReadPlan::Chunk(chunk) => {
+                let batches = self.tier.read_chunk(&chunk).await?;
+                Ok(concat(batches.iter().map(|b| &b.data)))
+            }
+        }
+    }
+
+    /// Batches from the one holding `offset`, up to `max_bytes`; with `first`, at least one
+    /// batch even over the limit (KIP-74), so a consumer always makes progress.
+    pub async fn read_at(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        first: bool,
+    ) -> Result<Bytes, String> {
+        let plan = {
+            let log = self.log.read();
+            log.plan_read(offset, if first { max_bytes.max(1) } else { max_bytes })
+        };
+        match plan {
+            ReadPlan::Empty => Ok(Bytes::new()),
+            ReadPlan::Tail(batches) => {
+                if !first
+                    && batches
+                        .first()
+                        .is_some_and(|b| b.bytes as usize > max_bytes)
+                {
+                    return Ok(Bytes::new());
+                }
+                Ok(self.read(&batches))
+            }
+            ReadPlan::Chunk(chunk) => {
+                let batches = self.tier.read_chunk(&chunk).await?;
+                let mut picked = Vec::new();
+                let mut total = 0usize;
+                for b in batches.iter().filter(|b| b.last_offset >= offset) {
+                    let over = total + b.data.len() > max_bytes;
+                    if over && (!picked.is_empty() || !first) {
+                        break;
+                    }
+                    total += b.data.len();
+                    picked.push(&b.data);
+                }
+                Ok(concat(picked.into_iter()))
+            }
+        }
+    }
+}
+
+fn concat<'a>(parts: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let total: usize = parts.clone().map(|b| b.len()).sum();
+    let mut out = BytesMut::with_capacity(total);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.freeze()
 }
 
 /// Running partitions by (topic, partition).
 pub struct Registry {
     node: Node,
+    tier: Arc<Tier>,
     partitions: RwLock<HashMap<(String, i32), Arc<Partition>>>,
 }
 
 impl Registry {
-    pub fn new(node: Node) -> Arc<Registry> {
+    pub fn new(node: Node, tier: Arc<Tier>) -> Arc<Registry> {
         Arc::new(Registry {
             node,
+            tier,
             partitions: RwLock::new(HashMap::new()),
         })
     }
@@ -116,7 +162,9 @@ impl Registry {
     pub async fn reconcile(&self, meta: &ClusterMetadata) -> Result<(), BootstrapError> {
         let node_id = self.node.node_id;
         let mut wanted: HashMap<(String, i32), GroupId> = HashMap::new();
+        let mut topic_ids: HashMap<String, uuid::Uuid> = HashMap::new();
         for (name, topic) in &meta.topics {
+            topic_ids.insert(name.clone(), topic.id);
             for (i, p) in topic.partitions.iter().enumerate() {
                 if p.replicas.contains(&node_id) {
                     wanted.insert((name.clone(), i as i32), p.group);
@@ -145,13 +193,16 @@ impl Registry {
             let sm = StateMachine::new(PartitionLog::default());
             let log = sm.state();
             let raft = self.node.start_group(group, sm).await?;
+            // The snapshot carries the untiered tail, so the WAL can be purged after it.
+            self.node.spawn_snapshotter(&raft);
             let partition = Arc::new(Partition {
+                topic_id: topic_ids.get(&topic).copied().unwrap_or_default(),
                 topic: topic.clone(),
                 index,
                 group,
                 raft,
                 log,
-                store: self.node.wal.log_store(group),
+                tier: self.tier.clone(),
             });
             self.partitions.write().insert((topic, index), partition);
         }

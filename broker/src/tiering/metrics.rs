@@ -1,0 +1,98 @@
+//! Tiering metrics in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use chronik_bootstrap::snapshots::SnapshotStats;
+
+use super::Tier;
+
+impl Tier {
+    pub fn render_metrics(&self, snapshots: &SnapshotStats) -> String {
+        let mut out = String::new();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        let cache = self.cache();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let last_upload = load(&snapshots.last_upload_unix_ms);
+        let snapshot_age = if last_upload == 0 {
+            -1.0
+        } else {
+            now_ms.saturating_sub(last_upload) as f64 / 1000.0
+        };
+        let rows: [(&str, &str, String); 13] = [
+            (
+                "counter",
+                "chronik_tiering_chunks_uploaded_total",
+                load(&s.chunks_uploaded).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_tiering_bytes_uploaded_total",
+                load(&s.bytes_uploaded).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_tiering_upload_failures_total",
+                load(&s.upload_failures).to_string(),
+            ),
+            (
+                "gauge",
+                "chronik_tiering_untiered_bytes",
+                load(&s.untiered_bytes).to_string(),
+            ),
+            (
+                "gauge",
+                "chronik_tiering_lag_seconds",
+                (load(&s.lag_ticks) as f64 * self.config.interval.as_secs_f64()).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_tiering_cache_hits_total",
+                cache.hits.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_tiering_cache_misses_total",
+                cache.misses.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "gauge",
+                "chronik_tiering_cache_bytes",
+                cache.bytes().to_string(),
+            ),
+            (
+                "counter",
+                "chronik_bucket_gets_total",
+                load(&s.gets).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_snapshots_saved_total",
+                load(&snapshots.saved).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_snapshots_uploaded_total",
+                load(&snapshots.uploaded).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_snapshot_upload_failures_total",
+                load(&snapshots.upload_failures).to_string(),
+            ),
+            (
+                "gauge",
+                "chronik_snapshot_age_seconds",
+                snapshot_age.to_string(),
+            ),
+        ];
+        for (kind, name, value) in rows {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+}

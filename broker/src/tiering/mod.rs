@@ -1,0 +1,209 @@
+//! Tiering on the broker side: the loop that ships each led partition's untiered tail to
+//! the bucket as chunk objects and records them in the partition manifest, and the read
+//! path that serves tiered offsets from the bucket through a bounded cache.
+//!
+//! Order of a tiering step (per partition, leader only): build the chunk from the tail's
+//! oldest batches (offsets final, as fetched), PUT it under a key derived from its offset
+//! range (so a retried or re-led upload writes the same object), commit a `ChunkTiered`
+//! entry through Raft, then snapshot the group so the WAL can be purged. A crash between
+//! the PUT and the commit leaves an unreferenced object, which is harmless: only the
+//! manifest says what is part of the partition.
+
+mod cache;
+mod metrics;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use chronik_tiering::chunk::{ChunkReader, ChunkWriter};
+use chronik_tiering::{layout, Bucket};
+
+use crate::partition::batch::write_with_offset;
+use crate::partition::log::{chunk_tiered_command, ChunkRef};
+use crate::partition::{Partition, Registry};
+pub use cache::ChunkCache;
+
+#[derive(Clone, Debug)]
+pub struct TierConfig {
+    pub interval: Duration,
+    /// A chunk is cut at this many bytes of batches (at least one batch).
+    pub chunk_bytes: usize,
+    /// Above this many untiered bytes on the node, produce answers a retriable error.
+    pub max_untiered_bytes: u64,
+    /// Bytes of decoded chunks kept for reads.
+    pub cache_bytes: usize,
+    /// Partitions tiered concurrently.
+    pub concurrency: usize,
+}
+
+/// A tiered batch as stored in a chunk: offsets final.
+#[derive(Clone, Debug)]
+pub struct StoredBatch {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub data: Bytes,
+}
+
+#[derive(Default)]
+pub struct TierStats {
+    pub chunks_uploaded: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub upload_failures: AtomicU64,
+    pub untiered_bytes: AtomicU64,
+    /// Consecutive ticks in which data waited and an upload failed.
+    pub lag_ticks: AtomicU64,
+    /// Chunk GETs from the bucket (cache misses that reached it).
+    pub gets: AtomicU64,
+}
+
+pub struct Tier {
+    bucket: Bucket,
+    config: TierConfig,
+    cache: ChunkCache,
+    pub stats: TierStats,
+}
+
+impl Tier {
+    pub fn new(bucket: Bucket, config: TierConfig) -> Arc<Tier> {
+        Arc::new(Tier {
+            cache: ChunkCache::new(config.cache_bytes),
+            bucket,
+            config,
+            stats: TierStats::default(),
+        })
+    }
+
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    /// True when the node holds more untiered bytes than allowed: producers must back off
+    /// until the bucket catches up.
+    pub fn over_limit(&self) -> bool {
+        self.stats.untiered_bytes.load(Ordering::Relaxed) > self.config.max_untiered_bytes
+    }
+
+    /// The batches of a chunk, from the cache or the bucket.
+    pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<StoredBatch>>, String> {
+        let bucket = self.bucket.clone();
+        let key = chunk.key.clone();
+        let gets = &self.stats.gets;
+        self.cache
+            .get_or_load(&chunk.key, async move {
+                gets.fetch_add(1, Ordering::Relaxed);
+                let bytes = bucket.get(&key).await.map_err(|e| e.to_string())?;
+                let reader = ChunkReader::parse_named(&key, bytes).map_err(|e| e.to_string())?;
+                let batches = reader.read_from(i64::MIN);
+                let mut out = Vec::with_capacity(batches.len());
+                for data in batches {
+                    let header = crate::partition::batch::BatchHeader::parse(&data)
+                        .map_err(|e| format!("chunk {key}: {e}"))?;
+                    let base_offset = i64::from_be_bytes(data[..8].try_into().unwrap_or_default());
+                    out.push(StoredBatch {
+                        base_offset,
+                        last_offset: base_offset + header.last_offset_delta as i64,
+                        data,
+                    });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Runs the tiering loop for the life of the node.
+    pub fn spawn(self: &Arc<Self>, registry: Arc<Registry>, node_id: u64) {
+        let tier = self.clone();
+        tokio::spawn(async move {
+            let period = tier.config.interval;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                tier.step(&registry, node_id).await;
+            }
+        });
+    }
+
+    /// One pass over the partitions this node leads.
+    pub async fn step(self: &Arc<Self>, registry: &Registry, node_id: u64) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in registry.all().into_iter().filter(|p| p.is_leader(node_id)) {
+            let (tier, limit) = (self.clone(), limit.clone());
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                tier.tier_partition(&p).await
+            });
+        }
+        let mut results: Vec<Result<bool, String>> = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            results.push(r.unwrap_or_else(|e| Err(format!("tiering task: {e}"))));
+        }
+        let failed = results.iter().any(|r| r.is_err());
+        for r in results {
+            if let Err(err) = r {
+                tracing::warn!(%err, "tiering step failed; retrying next interval");
+            }
+        }
+        let untiered: u64 = registry
+            .all()
+            .iter()
+            .map(|p| p.log.read().untiered_bytes())
+            .sum();
+        self.stats.untiered_bytes.store(untiered, Ordering::Relaxed);
+        if failed && untiered > 0 {
+            self.stats.lag_ticks.fetch_add(1, Ordering::Relaxed);
+        } else if untiered == 0 {
+            self.stats.lag_ticks.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Ships the oldest untiered batches of one partition; `Ok(true)` when a chunk was tiered.
+    async fn tier_partition(&self, p: &Arc<Partition>) -> Result<bool, String> {
+        let batches = p.log.read().untiered_prefix(self.config.chunk_bytes);
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            return Ok(false);
+        };
+        let (base_offset, last_offset) = (first.base_offset, last.last_offset);
+        let mut writer = ChunkWriter::new();
+        let mut max_timestamp = i64::MIN;
+        let mut patched = BytesMut::new();
+        for b in &batches {
+            patched.clear();
+            write_with_offset(&mut patched, &b.data, b.base_offset, b.leader_epoch);
+            writer
+                .push_batch(b.base_offset, b.last_offset, b.max_timestamp, &patched)
+                .map_err(|e| format!("build chunk: {e}"))?;
+            max_timestamp = max_timestamp.max(b.max_timestamp);
+        }
+        // zstd compression of up to chunk_bytes: off the async workers.
+        let object = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(|e| format!("build chunk: {e}"))?;
+        let key = layout::chunk_key(p.topic_id, p.index, base_offset, last_offset);
+        let size = object.len() as u64;
+        if let Err(e) = self.bucket.put(&key, object).await {
+            self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("upload {key}: {e}"));
+        }
+        let chunk = ChunkRef {
+            key,
+            base_offset,
+            last_offset,
+            max_timestamp,
+            size,
+        };
+        p.raft
+            .client_write(chunk_tiered_command(&chunk))
+            .await
+            .map_err(|e| format!("commit chunk {}: {e}", chunk.key))?;
+        self.stats.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
+        // The tail the snapshot must carry just shrank: snapshot now so the WAL is purged.
+        let _ = p.raft.trigger().snapshot().await;
+        Ok(true)
+    }
+}
