@@ -115,6 +115,20 @@ impl Tier {
 
     /// Runs the tiering loop for the life of the node.
     pub fn spawn(self: &Arc<Self>, registry: Arc<Registry>, node_id: u64) {
+        // The untiered count that gates produce ([`Tier::over_limit`]) is also refreshed on
+        // its own clock: while the bucket is down a tiering step sits in upload retries for
+        // many intervals, and a count frozen at its last value would let producers run far
+        // past max_untiered_bytes.
+        let (tier, reg) = (self.clone(), registry.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(tier.config.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let untiered = untiered_bytes(&reg);
+                tier.stats.untiered_bytes.store(untiered, Ordering::Relaxed);
+            }
+        });
         let tier = self.clone();
         tokio::spawn(async move {
             let period = tier.config.interval;
@@ -148,11 +162,7 @@ impl Tier {
                 tracing::warn!(%err, "tiering step failed; retrying next interval");
             }
         }
-        let untiered: u64 = registry
-            .all()
-            .iter()
-            .map(|p| p.log.read().untiered_bytes())
-            .sum();
+        let untiered = untiered_bytes(registry);
         self.stats.untiered_bytes.store(untiered, Ordering::Relaxed);
         if failed && untiered > 0 {
             self.stats.lag_ticks.fetch_add(1, Ordering::Relaxed);
@@ -206,4 +216,13 @@ impl Tier {
         let _ = p.raft.trigger().snapshot().await;
         Ok(true)
     }
+}
+
+/// Untiered bytes of every partition on the node.
+fn untiered_bytes(registry: &Registry) -> u64 {
+    registry
+        .all()
+        .iter()
+        .map(|p| p.log.read().untiered_bytes())
+        .sum()
 }
