@@ -13,6 +13,7 @@
 //! groups opt in once tiering keeps their data out of the log (their fetch path still reads
 //! batches from the WAL today).
 
+pub mod fencing;
 pub mod snapshots;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,8 @@ pub enum BootstrapError {
     Metadata(#[from] MetadataError),
     #[error("wal recovery task failed: {0}")]
     Join(String),
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// Raft timing for every group on the node.
@@ -87,6 +90,8 @@ pub struct NodeConfig {
     pub snapshot_interval_ms: u64,
     /// Snapshots kept per group in the bucket.
     pub snapshots_kept: usize,
+    /// The cluster incarnation that owns the bucket (see [`fencing`]).
+    pub incarnation: String,
 }
 
 /// A running node: its WAL, its metadata group, and what it needs to start more groups.
@@ -136,6 +141,7 @@ impl Node {
             config.snapshot_dir.clone(),
             &config.bucket,
             config.snapshots_kept,
+            config.incarnation.clone(),
         ));
         let snapshot_interval = Duration::from_millis(config.snapshot_interval_ms.max(10));
         let (state, metadata) = MetadataState::new();

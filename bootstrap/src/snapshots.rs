@@ -1,10 +1,12 @@
-//! The node's [`SnapshotStore`]: every group snapshot is written to a local file (atomically:
-//! temp file, fsync, rename, fsync of the directory) and then copied to the bucket under
-//! `snapshots/group-{group:020}/{last_log_index:020}.snap`, keeping the newest few there.
+//! The node's [`SnapshotStore`]: every group snapshot is wrapped in the bucket snapshot
+//! envelope (zstd, CRC, the cluster incarnation; see `chronik_tiering::snapshot`), written to
+//! a local file (atomically: temp file, fsync, rename, fsync of the directory) and then
+//! copied to the bucket under `snapshots/group-{group:020}/{last_log_index:020}.snap`,
+//! keeping the newest few there.
 //!
 //! Loading prefers the local file (it is never older than the bucket's newest); a node
-//! whose data directory is gone loads the newest snapshot in the bucket that decodes, and
-//! falls back to older ones when the newest is corrupt.
+//! whose data directory is gone loads the newest snapshot in the bucket that is intact and
+//! of its own incarnation, and falls back to older ones when the newest is not.
 //!
 //! A failed upload does not fail the snapshot: the local copy is durable, so the log can be
 //! purged, and the next snapshot is uploaded again. While the bucket is unreachable the
@@ -23,7 +25,8 @@ use object_store::{ObjectStore, PutPayload};
 use chronik_metastore::snapshot_store::{SnapshotStore, StoredSnapshot};
 use chronik_metastore::state_machine::decode_snapshot;
 use chronik_metastore::types::GroupId;
-use chronik_tiering::Bucket;
+use chronik_tiering::snapshot::{decode_snapshot_named, encode_snapshot};
+use chronik_tiering::{layout, Bucket};
 
 #[derive(Default, Debug)]
 pub struct SnapshotStats {
@@ -35,13 +38,10 @@ pub struct SnapshotStats {
 
 pub struct NodeSnapshots {
     dir: PathBuf,
+    incarnation: String,
     store: Arc<dyn ObjectStore>,
     keep_in_bucket: usize,
     pub stats: Arc<SnapshotStats>,
-}
-
-fn group_prefix(group: GroupId) -> String {
-    format!("snapshots/group-{group:020}/")
 }
 
 fn local_file(dir: &Path, group: GroupId) -> PathBuf {
@@ -61,31 +61,44 @@ fn write_atomically(dir: &Path, group: GroupId, data: &[u8]) -> std::io::Result<
 }
 
 impl NodeSnapshots {
-    pub fn new(dir: PathBuf, bucket: &Bucket, keep_in_bucket: usize) -> Self {
+    pub fn new(dir: PathBuf, bucket: &Bucket, keep_in_bucket: usize, incarnation: String) -> Self {
         Self {
             dir,
+            incarnation,
             store: bucket.store().clone(),
             keep_in_bucket: keep_in_bucket.max(1),
             stats: Arc::new(SnapshotStats::default()),
         }
     }
 
+    /// Unwraps a stored snapshot: intact, of this incarnation, and a state machine snapshot.
+    fn unwrap(&self, key: &str, data: &[u8]) -> Result<StoredSnapshot, String> {
+        let (_, _, incarnation, payload) =
+            decode_snapshot_named(key, data).map_err(|e| e.to_string())?;
+        if incarnation != self.incarnation {
+            return Err(format!(
+                "{key} belongs to cluster incarnation {incarnation}, not ours ({})",
+                self.incarnation
+            ));
+        }
+        let (meta, _) = decode_snapshot(&payload).map_err(|e| format!("{key}: {e}"))?;
+        Ok(StoredSnapshot {
+            last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            data: payload,
+        })
+    }
+
     async fn upload(
         &self,
         group: GroupId,
-        snapshot: &StoredSnapshot,
+        index: u64,
+        wrapped: Bytes,
     ) -> Result<(), object_store::Error> {
-        let key = ObjectPath::from(format!(
-            "{}{:020}.snap",
-            group_prefix(group),
-            snapshot.last_log_index
-        ));
-        self.store
-            .put(&key, PutPayload::from(snapshot.data.clone()))
-            .await?;
+        let key = ObjectPath::from(layout::snapshot_key(group, index));
+        self.store.put(&key, PutPayload::from(wrapped)).await?;
         let mut keys: Vec<ObjectPath> = self
             .store
-            .list(Some(&ObjectPath::from(group_prefix(group))))
+            .list(Some(&ObjectPath::from(layout::snapshot_prefix(group))))
             .map_ok(|m| m.location)
             .try_collect()
             .await?;
@@ -98,7 +111,7 @@ impl NodeSnapshots {
     }
 
     async fn load_from_bucket(&self, group: GroupId) -> Result<Option<StoredSnapshot>, String> {
-        let prefix = ObjectPath::from(group_prefix(group));
+        let prefix = ObjectPath::from(layout::snapshot_prefix(group));
         let mut keys: Vec<ObjectPath> = self
             .store
             .list(Some(&prefix))
@@ -107,23 +120,27 @@ impl NodeSnapshots {
             .await
             .map_err(|e| format!("list {prefix}: {e}"))?;
         keys.sort();
+        let found = keys.len();
         for key in keys.into_iter().rev() {
             let data = match self.store.get(&key).await {
                 Ok(r) => r.bytes().await.map_err(|e| format!("read {key}: {e}"))?,
                 Err(e) => return Err(format!("get {key}: {e}")),
             };
-            match decode_snapshot(&data) {
-                Ok((meta, _)) => {
+            match self.unwrap(key.as_ref(), &data) {
+                Ok(snapshot) => {
                     tracing::info!(group, %key, "restoring group from bucket snapshot");
-                    return Ok(Some(StoredSnapshot {
-                        last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-                        data,
-                    }));
+                    return Ok(Some(snapshot));
                 }
                 Err(err) => {
-                    tracing::error!(group, %key, %err, "corrupt snapshot in bucket; trying the previous one")
+                    tracing::error!(group, %key, %err, "unusable snapshot in bucket; trying the previous one")
                 }
             }
+        }
+        if found > 0 {
+            // Starting empty would silently drop the group's data: refuse instead.
+            return Err(format!(
+                "none of the {found} snapshots of group {group} in the bucket is usable (see the errors above)"
+            ));
         }
         Ok(None)
     }
@@ -133,13 +150,17 @@ impl SnapshotStore for NodeSnapshots {
     fn save(&self, group: GroupId, snapshot: StoredSnapshot) -> BoxFuture<'_, Result<(), String>> {
         async move {
             let dir = self.dir.clone();
-            let data = snapshot.data.clone();
-            tokio::task::spawn_blocking(move || write_atomically(&dir, group, &data))
-                .await
-                .map_err(|e| format!("snapshot write task: {e}"))?
-                .map_err(|e| format!("write snapshot of group {group} in {}: {e}", self.dir.display()))?;
+            let incarnation = self.incarnation.clone();
+            let index = snapshot.last_log_index;
+            let wrapped = tokio::task::spawn_blocking(move || {
+                let wrapped = encode_snapshot(group, index, &incarnation, &snapshot.data);
+                write_atomically(&dir, group, &wrapped).map(|()| wrapped)
+            })
+            .await
+            .map_err(|e| format!("snapshot write task: {e}"))?
+            .map_err(|e| format!("write snapshot of group {group} in {}: {e}", self.dir.display()))?;
             self.stats.saved.fetch_add(1, Ordering::Relaxed);
-            match self.upload(group, &snapshot).await {
+            match self.upload(group, index, wrapped).await {
                 Ok(()) => {
                     self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                     let now = std::time::SystemTime::now()
@@ -161,6 +182,7 @@ impl SnapshotStore for NodeSnapshots {
     fn load(&self, group: GroupId) -> BoxFuture<'_, Result<Option<StoredSnapshot>, String>> {
         async move {
             let path = local_file(&self.dir, group);
+            let shown = path.display().to_string();
             let local = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
                 Ok(b) => Ok(Some(b)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -169,16 +191,9 @@ impl SnapshotStore for NodeSnapshots {
             .await
             .map_err(|e| format!("snapshot read task: {e}"))??;
             if let Some(data) = local {
-                match decode_snapshot(&data) {
-                    Ok((meta, _)) => {
-                        return Ok(Some(StoredSnapshot {
-                            last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-                            data: Bytes::from(data),
-                        }))
-                    }
-                    Err(err) => {
-                        tracing::error!(group, %err, "local snapshot is corrupt; trying the bucket")
-                    }
+                match self.unwrap(&shown, &data) {
+                    Ok(snapshot) => return Ok(Some(snapshot)),
+                    Err(err) => tracing::error!(group, %err, "local snapshot is unusable; trying the bucket"),
                 }
             }
             self.load_from_bucket(group).await

@@ -47,6 +47,11 @@ pub struct Config {
     pub snapshot_interval_ms: u64,
     /// Snapshots kept per group in the bucket.
     pub snapshots_kept: usize,
+    /// How often the node renews its lease on the bucket (see bootstrap::fencing).
+    pub lease_interval_ms: u64,
+    /// A node with an empty data dir restores from a bucket only if the owner's lease is
+    /// older than this: a live cluster keeps its bucket.
+    pub lease_timeout_ms: u64,
     /// How often each partition leader ships its untiered tail to the bucket.
     pub tiering_interval_ms: u64,
     /// A chunk object is cut at this many bytes of record batches.
@@ -91,6 +96,8 @@ impl Default for Config {
             wal_fsync_interval_ms: 5,
             snapshot_interval_ms: 1000,
             snapshots_kept: 3,
+            lease_interval_ms: 5000,
+            lease_timeout_ms: 15000,
             tiering_interval_ms: 1000,
             tiering_chunk_bytes: 8 << 20,
             max_untiered_bytes: 256 << 20,

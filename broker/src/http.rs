@@ -50,7 +50,8 @@ async fn answer(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
             "text/plain; version=0.0.4",
             broker.metrics.render(&broker.gauges())
                 + &broker.groups.render_metrics(&broker.partitions)
-                + &broker.tier.render_metrics(&broker.node.snapshots.stats),
+                + &broker.tier.render_metrics(&broker.node.snapshots.stats)
+                + &crate::tiering::render_group_progress(broker),
         ),
         _ => (
             "404 Not Found",

@@ -108,6 +108,14 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_interval_ms: Option<u64>,
+    /// How often the node renews its lease on the bucket [default: 5000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_interval_ms: Option<u64>,
+    /// Restore into an empty data dir only from a bucket whose lease is older than this [default: 15000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_timeout_ms: Option<u64>,
     /// Snapshots kept per group in the bucket [default: 3].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use chronik_bootstrap::fencing::{claim_bucket, spawn_lease, FencingConfig};
 use chronik_bootstrap::{Node, NodeConfig, RaftTimings};
 use chronik_metastore::metadata::{BrokerInfo, MetadataCommand};
 use chronik_metastore::wal::WalConfig;
@@ -75,6 +76,19 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
         .await
         .with_context(|| format!("open --bucket {bucket_url}"))?;
     tracing::info!(bucket = %bucket.url(), "bucket opened");
+    let fencing = FencingConfig {
+        lease_interval: Duration::from_millis(config.lease_interval_ms.max(10)),
+        lease_timeout: Duration::from_millis(config.lease_timeout_ms),
+    };
+    let incarnation = claim_bucket(&bucket, &config.data_dir, config.node_id, &fencing)
+        .await
+        .context("claim the bucket")?;
+    spawn_lease(
+        bucket.clone(),
+        incarnation.incarnation.clone(),
+        config.node_id,
+        fencing.lease_interval,
+    );
 
     let node = Node::start(NodeConfig {
         node_id: config.node_id,
@@ -92,13 +106,14 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
         bucket: bucket.clone(),
         snapshot_interval_ms: config.snapshot_interval_ms,
         snapshots_kept: config.snapshots_kept,
+        incarnation: incarnation.incarnation.clone(),
     })
     .await
     .context("start node")?;
 
     let meta = node.cluster();
     if meta.cluster_id.is_none() {
-        let cluster_id = uuid::Uuid::new_v4().simple().to_string();
+        let cluster_id = incarnation.cluster_id.clone();
         node.propose_metadata(&MetadataCommand::InitCluster { cluster_id })
             .await
             .context("initialise cluster id")?;

@@ -96,3 +96,34 @@ impl Tier {
         out
     }
 }
+
+/// Per Raft group: the last applied and last snapshotted log index. When they are equal,
+/// everything the group applied is in a durable snapshot (locally, and in the bucket unless
+/// `chronik_snapshot_upload_failures_total` says otherwise).
+pub fn render_group_progress(broker: &crate::broker::Broker) -> String {
+    let mut out = String::from(
+        "# TYPE chronik_raft_applied_index gauge\n# TYPE chronik_raft_snapshot_index gauge\n",
+    );
+    let mut row = |group: u64, raft: &chronik_metastore::types::Raft| {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let applied = m.last_applied.map(|l| l.index as i64).unwrap_or(-1);
+        let snapshot = m.snapshot.map(|l| l.index as i64).unwrap_or(-1);
+        let _ = writeln!(
+            out,
+            "chronik_raft_applied_index{{group=\"{group}\"}} {applied}"
+        );
+        let _ = writeln!(
+            out,
+            "chronik_raft_snapshot_index{{group=\"{group}\"}} {snapshot}"
+        );
+    };
+    row(
+        chronik_metastore::types::METADATA_GROUP,
+        &broker.node.metadata_raft,
+    );
+    for p in broker.partitions.all() {
+        row(p.group, &p.raft);
+    }
+    out
+}

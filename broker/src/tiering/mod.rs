@@ -25,6 +25,7 @@ use crate::partition::batch::write_with_offset;
 use crate::partition::log::{chunk_tiered_command, ChunkRef};
 use crate::partition::{Partition, Registry};
 pub use cache::ChunkCache;
+pub use metrics::render_group_progress;
 
 #[derive(Clone, Debug)]
 pub struct TierConfig {

@@ -1,0 +1,345 @@
+//! Bucket ownership, so that two clusters pointed at one bucket never silently overwrite
+//! each other.
+//!
+//! - The **incarnation** (`cluster/incarnation.json`, written create-only) names the
+//!   cluster that owns the bucket. A data directory remembers the incarnation it belongs to
+//!   (`incarnation.json` in the data dir); a node whose data dir names another incarnation
+//!   than the bucket refuses to start.
+//! - The **lease** (`cluster/lease.json`) is rewritten by the owning node every
+//!   `lease_interval`. A node with an empty data directory (a new node, or disaster
+//!   recovery after every disk was lost) adopts the bucket's incarnation and restores from
+//!   it only once the lease is older than `lease_timeout`: it watches a fresh lease, and
+//!   refuses as soon as it sees it renewed (the owner is alive), or adopts the bucket when
+//!   the lease expires (the owner is gone — e.g. this very node before its disk was wiped).
+//! - Every snapshot written to the bucket carries the incarnation; restore ignores
+//!   snapshots of another incarnation.
+//! - A node that sees its lease rewritten by another incarnation stops (fail-stop) rather
+//!   than keep publishing into a bucket it no longer owns.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use chronik_metastore::types::NodeId;
+use chronik_tiering::{Bucket, Incarnation};
+
+use crate::BootstrapError;
+
+pub const LEASE_KEY: &str = "cluster/lease.json";
+const LOCAL_FILE: &str = "incarnation.json";
+
+#[derive(Clone, Debug)]
+pub struct FencingConfig {
+    pub lease_interval: Duration,
+    pub lease_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub incarnation: String,
+    pub node_id: NodeId,
+    pub heartbeat_unix_ms: u64,
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What start-up decides about the bucket, given what the data dir and the bucket hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// A new cluster: write this incarnation to the bucket.
+    New,
+    /// The data dir and the bucket agree.
+    Resume,
+    /// The data dir is empty and the bucket's owner is gone: adopt it and restore.
+    Adopt,
+    /// The data dir remembers an incarnation the bucket no longer has (the bucket was
+    /// emptied): publish ours again.
+    Republish,
+    /// The data dir is empty and the owner's lease is fresh: watch it until it is renewed
+    /// (refuse) or expires (adopt).
+    Watch(Lease),
+    Refuse(String),
+}
+
+/// The start-up decision, a pure function (tested without a bucket).
+pub fn decide(
+    local: Option<&Incarnation>,
+    bucket: Option<&Incarnation>,
+    lease: Option<&Lease>,
+    now_ms: u64,
+    lease_timeout: Duration,
+) -> Claim {
+    match (local, bucket) {
+        (None, None) => Claim::New,
+        (Some(l), Some(b)) if l.incarnation == b.incarnation => Claim::Resume,
+        (Some(l), Some(b)) => Claim::Refuse(format!(
+            "the data directory belongs to cluster {} (incarnation {}) but the bucket is owned by cluster {} (incarnation {}); point this node at its own bucket, or wipe the data directory to restore from this bucket",
+            l.cluster_id, l.incarnation, b.cluster_id, b.incarnation
+        )),
+        (Some(_), None) => Claim::Republish,
+        (None, Some(b)) => match lease.filter(|l| l.incarnation == b.incarnation) {
+            Some(l)
+                if now_ms.saturating_sub(l.heartbeat_unix_ms)
+                    < lease_timeout.as_millis() as u64 =>
+            {
+                Claim::Watch(l.clone())
+            }
+            _ => Claim::Adopt,
+        },
+    }
+}
+
+fn local_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(LOCAL_FILE)
+}
+
+fn read_local(data_dir: &Path) -> Result<Option<Incarnation>, BootstrapError> {
+    match std::fs::read(local_path(data_dir)) {
+        Ok(data) => Incarnation::from_json(&data).map(Some).map_err(|e| {
+            BootstrapError::Fenced(format!("{}: {e}", local_path(data_dir).display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BootstrapError::Fenced(format!(
+            "read {}: {e}",
+            local_path(data_dir).display()
+        ))),
+    }
+}
+
+fn write_local(data_dir: &Path, inc: &Incarnation) -> Result<(), BootstrapError> {
+    use std::io::Write;
+    let path = local_path(data_dir);
+    let tmp = path.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&inc.to_json())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|e| BootstrapError::Fenced(format!("write {}: {e}", path.display())))
+}
+
+async fn read_lease(bucket: &Bucket) -> Result<Option<Lease>, BootstrapError> {
+    match bucket.get(LEASE_KEY).await {
+        Ok(data) => Ok(serde_json::from_slice(&data).ok()),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(BootstrapError::Fenced(format!("read {LEASE_KEY}: {e}"))),
+    }
+}
+
+async fn write_lease(bucket: &Bucket, lease: &Lease) -> Result<(), BootstrapError> {
+    let data = Bytes::from(serde_json::to_vec(lease).unwrap_or_default());
+    bucket
+        .put(LEASE_KEY, data)
+        .await
+        .map_err(|e| BootstrapError::Fenced(format!("write {LEASE_KEY}: {e}")))
+}
+
+/// Decides whether this node may use `bucket`, records the outcome in the data dir, and
+/// renews the lease once. Returns the incarnation this node belongs to.
+pub async fn claim_bucket(
+    bucket: &Bucket,
+    data_dir: &Path,
+    node_id: NodeId,
+    config: &FencingConfig,
+) -> Result<Incarnation, BootstrapError> {
+    let local = read_local(data_dir)?;
+    let in_bucket = Incarnation::load(bucket)
+        .await
+        .map_err(|e| BootstrapError::Fenced(format!("read the bucket's incarnation: {e}")))?;
+    let lease = read_lease(bucket).await?;
+    let mut decision = decide(
+        local.as_ref(),
+        in_bucket.as_ref(),
+        lease.as_ref(),
+        now_unix_ms(),
+        config.lease_timeout,
+    );
+    if let Claim::Watch(seen) = &decision {
+        decision = watch_lease(bucket, seen.clone(), in_bucket.as_ref(), config).await?;
+    }
+    let ours = match decision {
+        Claim::Refuse(why) => return Err(BootstrapError::Fenced(why)),
+        Claim::Watch(_) => {
+            return Err(BootstrapError::Fenced(
+                "lease watch did not conclude".into(),
+            ))
+        }
+        Claim::Resume => local.clone(),
+        Claim::Adopt => in_bucket.clone(),
+        Claim::New | Claim::Republish => {
+            let wanted = local
+                .clone()
+                .unwrap_or_else(|| Incarnation::new(&uuid::Uuid::new_v4().simple().to_string()));
+            let won = wanted
+                .claim(bucket)
+                .await
+                .map_err(|e| BootstrapError::Fenced(format!("claim the bucket: {e}")))?;
+            if won.incarnation != wanted.incarnation {
+                return Err(BootstrapError::Fenced(format!(
+                    "another cluster (incarnation {}) claimed the bucket at the same time; retry to restore from it",
+                    won.incarnation
+                )));
+            }
+            Some(won)
+        }
+    };
+    let ours = ours.ok_or_else(|| BootstrapError::Fenced("no incarnation to adopt".into()))?;
+    if decision == Claim::Adopt {
+        tracing::warn!(cluster = %ours.cluster_id, incarnation = %ours.incarnation, "adopting the bucket of a cluster whose lease expired: restoring from it");
+    }
+    if local.as_ref() != Some(&ours) {
+        write_local(data_dir, &ours)?;
+    }
+    write_lease(
+        bucket,
+        &Lease {
+            incarnation: ours.incarnation.clone(),
+            node_id,
+            heartbeat_unix_ms: now_unix_ms(),
+        },
+    )
+    .await?;
+    Ok(ours)
+}
+
+/// Watches a fresh lease: renewed → the owner lives (refuse); expired → adopt.
+async fn watch_lease(
+    bucket: &Bucket,
+    seen: Lease,
+    owner: Option<&Incarnation>,
+    config: &FencingConfig,
+) -> Result<Claim, BootstrapError> {
+    let timeout_ms = config.lease_timeout.as_millis() as u64;
+    tracing::warn!(
+        owner_node = seen.node_id,
+        incarnation = %seen.incarnation,
+        "the bucket's owner renewed its lease recently; waiting up to {:.1}s to see whether it is alive",
+        config.lease_timeout.as_secs_f64()
+    );
+    loop {
+        let age = now_unix_ms().saturating_sub(seen.heartbeat_unix_ms);
+        if age >= timeout_ms {
+            return Ok(Claim::Adopt);
+        }
+        let step = (timeout_ms - age).min(config.lease_interval.as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(step.max(10))).await;
+        let now = read_lease(bucket).await?;
+        if let Some(l) = now.filter(|l| l != &seen) {
+            let (cluster, incarnation) = owner
+                .map(|o| (o.cluster_id.as_str(), o.incarnation.as_str()))
+                .unwrap_or(("?", l.incarnation.as_str()));
+            return Ok(Claim::Refuse(format!(
+                "the bucket is owned by live cluster {cluster} (incarnation {incarnation}): node {} keeps renewing its lease; stop that cluster (its lease then expires after {:.1}s) before restoring from this bucket, or use another bucket",
+                l.node_id,
+                config.lease_timeout.as_secs_f64()
+            )));
+        }
+    }
+}
+
+/// Renews the lease every `interval`. If another incarnation has taken the lease, this
+/// node no longer owns the bucket: it logs why and exits the process (fail-stop).
+pub fn spawn_lease(bucket: Bucket, incarnation: String, node_id: NodeId, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tick.tick().await;
+            match read_lease(&bucket).await {
+                Ok(Some(l)) if l.incarnation != incarnation => {
+                    tracing::error!(ours = %incarnation, theirs = %l.incarnation, node = l.node_id, "another cluster took over the bucket's lease; stopping so that the two never write over each other");
+                    std::process::exit(3);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "read the bucket lease; retrying next interval");
+                    continue;
+                }
+                _ => {}
+            }
+            let lease = Lease {
+                incarnation: incarnation.clone(),
+                node_id,
+                heartbeat_unix_ms: now_unix_ms(),
+            };
+            if let Err(err) = write_lease(&bucket, &lease).await {
+                tracing::warn!(%err, "renew the bucket lease; retrying next interval");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inc(id: &str) -> Incarnation {
+        Incarnation {
+            cluster_id: "c".into(),
+            incarnation: id.into(),
+            created_unix_ms: 0,
+        }
+    }
+
+    fn lease(id: &str, at: u64) -> Lease {
+        Lease {
+            incarnation: id.into(),
+            node_id: 1,
+            heartbeat_unix_ms: at,
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn fresh_and_resumed_clusters_proceed() {
+        assert_eq!(decide(None, None, None, 0, TIMEOUT), Claim::New);
+        assert_eq!(
+            decide(Some(&inc("a")), Some(&inc("a")), None, 0, TIMEOUT),
+            Claim::Resume
+        );
+        assert_eq!(
+            decide(Some(&inc("a")), None, None, 0, TIMEOUT),
+            Claim::Republish
+        );
+    }
+
+    #[test]
+    fn a_foreign_data_dir_is_refused() {
+        assert!(matches!(
+            decide(Some(&inc("a")), Some(&inc("b")), None, 0, TIMEOUT),
+            Claim::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn an_empty_node_adopts_only_a_bucket_whose_lease_expired() {
+        let now = 100_000;
+        let live = lease("b", now - 1_000);
+        assert_eq!(
+            decide(None, Some(&inc("b")), Some(&live), now, TIMEOUT),
+            Claim::Watch(live.clone())
+        );
+        let stale = lease("b", now - 20_000);
+        assert_eq!(
+            decide(None, Some(&inc("b")), Some(&stale), now, TIMEOUT),
+            Claim::Adopt
+        );
+        assert_eq!(
+            decide(None, Some(&inc("b")), None, now, TIMEOUT),
+            Claim::Adopt
+        );
+        // A lease of another incarnation says nothing about the bucket's owner.
+        assert_eq!(
+            decide(None, Some(&inc("b")), Some(&lease("x", now)), now, TIMEOUT),
+            Claim::Adopt
+        );
+    }
+}
