@@ -7,6 +7,12 @@
 //! those offsets are served from the bucket and the tail drops them. Everything is a
 //! deterministic function of the log, so every replica assigns the same offsets.
 //!
+//! DeleteRecords and retention move `log_start_offset` with a `DeleteRecords` command;
+//! compaction swaps a run of manifest chunks for one merged segment with `Compacted`. Both
+//! move the objects that leave the manifest onto the `deleted` list, stamped with the
+//! leader's clock carried in the command, and garbage collection removes them from the list
+//! with `ObjectsDeleted` once the objects are gone from the bucket after a grace period.
+//!
 //! A snapshot holds the whole partition — the chunk manifest, producer state, leader epochs
 //! and the untiered tail's bytes — so the Raft log can be purged after every snapshot and a
 //! node that lost its disk restores the partition from the bucket alone.
@@ -31,6 +37,9 @@ use crate::errors::code;
 
 const CMD_APPEND: u8 = 1;
 const CMD_CHUNK_TIERED: u8 = 2;
+const CMD_DELETE_RECORDS: u8 = 3;
+const CMD_COMPACTED: u8 = 4;
+const CMD_OBJECTS_DELETED: u8 = 5;
 /// Offset of the batch inside an append command (after the kind byte).
 pub const APPEND_BATCH_POS: usize = 1;
 
@@ -44,11 +53,70 @@ pub fn append_command(batch: &[u8]) -> Command {
 
 /// Encodes the command that records an uploaded chunk in the manifest.
 pub fn chunk_tiered_command(chunk: &ChunkRef) -> Command {
+    json_command(CMD_CHUNK_TIERED, chunk)
+}
+
+fn json_command(kind: u8, body: &impl Serialize) -> Command {
     let mut b = BytesMut::new();
-    b.put_u8(CMD_CHUNK_TIERED);
+    b.put_u8(kind);
     // Serialising strings and integers cannot fail.
-    b.put_slice(&serde_json::to_vec(chunk).unwrap_or_default());
+    b.put_slice(&serde_json::to_vec(body).unwrap_or_default());
     Command(b.freeze())
+}
+
+/// Moves the log start to `before_offset` (-1: the high watermark). `now_ms` is the
+/// proposer's clock, recorded on the chunks that leave the manifest.
+pub fn delete_records_command(before_offset: i64, now_ms: i64) -> Command {
+    json_command(
+        CMD_DELETE_RECORDS,
+        &DeleteRecords {
+            before_offset,
+            now_ms,
+        },
+    )
+}
+
+/// Swaps the manifest entries named `replaces` (adjacent, in order) for `with`.
+pub fn compacted_command(replaces: Vec<String>, with: ChunkRef, now_ms: i64) -> Command {
+    json_command(
+        CMD_COMPACTED,
+        &Compacted {
+            replaces,
+            with,
+            now_ms,
+        },
+    )
+}
+
+/// Forgets deleted objects that garbage collection removed from the bucket.
+pub fn objects_deleted_command(keys: Vec<String>) -> Command {
+    json_command(CMD_OBJECTS_DELETED, &ObjectsDeleted { keys })
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeleteRecords {
+    before_offset: i64,
+    now_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Compacted {
+    replaces: Vec<String>,
+    with: ChunkRef,
+    now_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ObjectsDeleted {
+    keys: Vec<String>,
+}
+
+/// An object that left the manifest and awaits garbage collection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedChunk {
+    pub chunk: ChunkRef,
+    /// The proposer's wall clock (Unix ms) when it left the manifest.
+    pub since_ms: i64,
 }
 
 /// A chunk object in the bucket holding the batches `base_offset..=last_offset`.
@@ -132,6 +200,9 @@ pub struct PartitionLog {
     /// (leader epoch, first offset written in it), ascending.
     epochs: Vec<(i32, i64)>,
     producers: ProducerTable,
+    /// Objects no longer in the manifest, oldest first, until GC deletes them.
+    #[serde(default)]
+    deleted: Vec<DeletedChunk>,
     #[serde(skip, default = "hwm_channel")]
     hwm: watch::Sender<i64>,
 }
@@ -149,6 +220,7 @@ impl Default for PartitionLog {
             log_end_offset: 0,
             epochs: Vec::new(),
             producers: ProducerTable::default(),
+            deleted: Vec::new(),
             hwm: hwm_channel(),
         }
     }
@@ -193,6 +265,16 @@ impl PartitionLog {
 
     pub fn chunks(&self) -> &[ChunkRef] {
         &self.chunks
+    }
+
+    /// The untiered tail, oldest first.
+    pub fn tail(&self) -> &[BatchLocation] {
+        &self.batches
+    }
+
+    /// Objects that left the manifest and await garbage collection.
+    pub fn deleted(&self) -> &[DeletedChunk] {
+        &self.deleted
     }
 
     /// Bytes held in memory by the untiered tail.
@@ -330,12 +412,87 @@ impl PartitionLog {
         }
         self.batches.drain(..=end);
         let base_offset = chunk.base_offset;
+        // A key back in the manifest is live again, whatever GC was told before.
+        self.deleted.retain(|d| d.chunk.key != chunk.key);
         self.chunks.push(chunk);
         AppendResult {
             error: code::NONE,
             base_offset,
             log_start_offset: self.log_start_offset,
         }
+    }
+
+    fn result(&self, error: i16, base_offset: i64) -> AppendResult {
+        AppendResult {
+            error,
+            base_offset,
+            log_start_offset: self.log_start_offset,
+        }
+    }
+
+    /// Kafka's DeleteRecords: the log start moves forward (never back) to `before_offset`,
+    /// at most the high watermark. Tail batches wholly below it are dropped; chunks wholly
+    /// below it leave the manifest for the GC list. Answers the new low watermark.
+    fn delete_records(&mut self, cmd: DeleteRecords) -> AppendResult {
+        let hwm = self.log_end_offset;
+        let target = if cmd.before_offset == -1 {
+            hwm
+        } else {
+            cmd.before_offset
+        };
+        if target < 0 || target > hwm {
+            return self.result(code::OFFSET_OUT_OF_RANGE, -1);
+        }
+        if target > self.log_start_offset {
+            self.log_start_offset = target;
+            let tail = self.batches.partition_point(|b| b.last_offset < target);
+            self.batches.drain(..tail);
+            let gone = self.chunks.partition_point(|c| c.last_offset < target);
+            let since_ms = cmd.now_ms;
+            self.deleted.extend(
+                self.chunks
+                    .drain(..gone)
+                    .map(|chunk| DeletedChunk { chunk, since_ms }),
+            );
+        }
+        self.result(code::NONE, self.log_start_offset)
+    }
+
+    /// Swaps a run of manifest entries for the merged object, only if the run is still
+    /// exactly those entries (a concurrent DeleteRecords or a stale proposal is refused,
+    /// identically on every replica) and the merged object covers exactly their offsets.
+    fn compacted(&mut self, cmd: Compacted) -> AppendResult {
+        let n = cmd.replaces.len();
+        let start = cmd
+            .replaces
+            .first()
+            .and_then(|k| self.chunks.iter().position(|c| &c.key == k));
+        let Some(run) = start.and_then(|i| self.chunks.get(i..i + n).map(|r| (i, r))) else {
+            return self.result(code::INVALID_REQUEST, -1);
+        };
+        let (i, run) = run;
+        let same = n >= 2
+            && run.iter().map(|c| &c.key).eq(cmd.replaces.iter())
+            && run[0].base_offset == cmd.with.base_offset
+            && run[n - 1].last_offset == cmd.with.last_offset
+            && !self.chunks.iter().any(|c| c.key == cmd.with.key);
+        if !same {
+            return self.result(code::INVALID_REQUEST, -1);
+        }
+        let base_offset = cmd.with.base_offset;
+        self.deleted.retain(|d| d.chunk.key != cmd.with.key);
+        let since_ms = cmd.now_ms;
+        let old: Vec<ChunkRef> = self.chunks.splice(i..i + n, [cmd.with]).collect();
+        self.deleted.extend(
+            old.into_iter()
+                .map(|chunk| DeletedChunk { chunk, since_ms }),
+        );
+        self.result(code::NONE, base_offset)
+    }
+
+    fn objects_deleted(&mut self, cmd: ObjectsDeleted) -> AppendResult {
+        self.deleted.retain(|d| !cmd.keys.contains(&d.chunk.key));
+        self.result(code::NONE, -1)
     }
 
     fn append(&mut self, log_id: &LogId, batch: Bytes) -> AppendResult {
@@ -375,21 +532,27 @@ impl PartitionLog {
 impl ApplyState for PartitionLog {
     fn apply(&mut self, log_id: &LogId, command: &Command) -> CommandResponse {
         let bytes: &Bytes = &command.0;
+        let body = bytes.get(1..).unwrap_or_default();
+        let corrupt = |log: &Self| log.result(code::CORRUPT_MESSAGE, -1);
         let result = match bytes.first() {
             Some(&CMD_APPEND) => self.append(log_id, bytes.slice(APPEND_BATCH_POS..)),
-            Some(&CMD_CHUNK_TIERED) => match serde_json::from_slice(&bytes[1..]) {
+            Some(&CMD_CHUNK_TIERED) => match serde_json::from_slice(body) {
                 Ok(chunk) => self.chunk_tiered(chunk),
-                Err(_) => AppendResult {
-                    error: code::CORRUPT_MESSAGE,
-                    base_offset: -1,
-                    log_start_offset: self.log_start_offset,
-                },
+                Err(_) => corrupt(self),
             },
-            _ => AppendResult {
-                error: code::CORRUPT_MESSAGE,
-                base_offset: -1,
-                log_start_offset: self.log_start_offset,
+            Some(&CMD_DELETE_RECORDS) => match serde_json::from_slice(body) {
+                Ok(cmd) => self.delete_records(cmd),
+                Err(_) => corrupt(self),
             },
+            Some(&CMD_COMPACTED) => match serde_json::from_slice(body) {
+                Ok(cmd) => self.compacted(cmd),
+                Err(_) => corrupt(self),
+            },
+            Some(&CMD_OBJECTS_DELETED) => match serde_json::from_slice(body) {
+                Ok(cmd) => self.objects_deleted(cmd),
+                Err(_) => corrupt(self),
+            },
+            _ => corrupt(self),
         };
         result.encode()
     }
@@ -456,6 +619,10 @@ impl ApplyState for PartitionLog {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "log_manifest_tests.rs"]
+mod manifest_tests;
 
 #[cfg(test)]
 mod tests {

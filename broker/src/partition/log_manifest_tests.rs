@@ -1,0 +1,153 @@
+//! DeleteRecords, compaction swaps and GC bookkeeping on the partition state machine.
+
+use super::super::batch::tests::batch;
+use super::*;
+use openraft::{CommittedLeaderId, LogId as RaftLogId};
+
+fn run(log: &mut PartitionLog, index: u64, cmd: Command) -> AppendResult {
+    let id = RaftLogId::new(CommittedLeaderId::new(1, 1), index);
+    log.observe_entry(&id);
+    AppendResult::decode(&log.apply(&id, &cmd))
+}
+
+pub(crate) fn chunk(base: i64, last: i64, ts: i64, size: u64) -> ChunkRef {
+    ChunkRef {
+        key: format!("c-{base}-{last}"),
+        base_offset: base,
+        last_offset: last,
+        max_timestamp: ts,
+        size,
+    }
+}
+
+/// Ten batches of 2 records (offsets 0..20, timestamps 0, 10, …, 90); the first six
+/// batches tiered as three chunks of two batches each.
+fn log_with_chunks() -> PartitionLog {
+    let mut log = PartitionLog::default();
+    for i in 0..10u64 {
+        let r = run(
+            &mut log,
+            i + 1,
+            append_command(&batch(-1, -1, -1, 2, i as i64 * 10)),
+        );
+        assert_eq!(r.error, code::NONE);
+    }
+    for (n, c) in [
+        chunk(0, 3, 10, 100),
+        chunk(4, 7, 30, 100),
+        chunk(8, 11, 50, 100),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = run(&mut log, 20 + n as u64, chunk_tiered_command(&c));
+        assert_eq!(r.error, code::NONE);
+    }
+    assert_eq!(log.tail().len(), 4);
+    log
+}
+
+#[test]
+fn delete_records_moves_log_start_and_queues_whole_chunks_for_gc() {
+    let mut log = log_with_chunks();
+    let r = run(&mut log, 30, delete_records_command(5, 1_000));
+    assert_eq!((r.error, r.base_offset), (code::NONE, 5));
+    assert_eq!(log.log_start_offset(), 5);
+    // Chunk 0..=3 is wholly below; 4..=7 holds the new start and stays.
+    assert_eq!(log.chunks().len(), 2);
+    assert_eq!(log.deleted().len(), 1);
+    assert_eq!(log.deleted()[0].chunk.key, "c-0-3");
+    assert_eq!(log.deleted()[0].since_ms, 1_000);
+    assert!(log.chunk_for(4).is_some());
+
+    // Never backwards: an older offset answers the current start.
+    let r = run(&mut log, 31, delete_records_command(2, 2_000));
+    assert_eq!((r.error, r.base_offset), (code::NONE, 5));
+
+    // Into the tail: tail batches wholly below are dropped.
+    let r = run(&mut log, 32, delete_records_command(15, 3_000));
+    assert_eq!((r.error, r.base_offset), (code::NONE, 15));
+    assert!(log.chunks().is_empty());
+    assert_eq!(log.deleted().len(), 3);
+    assert_eq!(log.tail().first().map(|b| b.base_offset), Some(14));
+
+    // -1 means the high watermark; beyond it is out of range.
+    let r = run(&mut log, 33, delete_records_command(21, 4_000));
+    assert_eq!(r.error, code::OFFSET_OUT_OF_RANGE);
+    let r = run(&mut log, 34, delete_records_command(-5, 4_000));
+    assert_eq!(r.error, code::OFFSET_OUT_OF_RANGE);
+    let r = run(&mut log, 35, delete_records_command(-1, 4_000));
+    assert_eq!((r.error, r.base_offset), (code::NONE, 20));
+    assert!(log.tail().is_empty());
+    assert_eq!(log.high_watermark(), 20);
+    // Appends continue at the log end.
+    let r = run(&mut log, 36, append_command(&batch(-1, -1, -1, 1, 0)));
+    assert_eq!((r.error, r.base_offset, r.log_start_offset), (0, 20, 20));
+}
+
+#[test]
+fn a_chunk_that_lost_its_tail_to_delete_records_is_refused() {
+    let mut log = log_with_chunks();
+    run(&mut log, 30, delete_records_command(16, 0));
+    // The tiering loop built 12..=15 before the delete: no longer a prefix of the tail.
+    let r = run(&mut log, 31, chunk_tiered_command(&chunk(12, 15, 70, 10)));
+    assert_eq!(r.error, code::INVALID_REQUEST);
+}
+
+#[test]
+fn compaction_swaps_an_exact_run_only() {
+    let mut log = log_with_chunks();
+    let merged = chunk(0, 7, 30, 150);
+    let keys = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // Not adjacent, wrong order, wrong range, or a single entry: refused, nothing changes.
+    for (replaces, with) in [
+        (keys(&["c-0-3", "c-8-11"]), chunk(0, 11, 50, 1)),
+        (keys(&["c-4-7", "c-0-3"]), merged.clone()),
+        (keys(&["c-0-3", "c-4-7"]), chunk(0, 8, 30, 1)),
+        (keys(&["c-0-3"]), chunk(0, 3, 10, 1)),
+        (keys(&["nope", "c-4-7"]), merged.clone()),
+    ] {
+        let r = run(&mut log, 40, compacted_command(replaces, with, 0));
+        assert_eq!(r.error, code::INVALID_REQUEST);
+        assert_eq!(log.chunks().len(), 3);
+        assert!(log.deleted().is_empty());
+    }
+
+    let r = run(
+        &mut log,
+        41,
+        compacted_command(keys(&["c-0-3", "c-4-7"]), merged.clone(), 7),
+    );
+    assert_eq!(r.error, code::NONE);
+    assert_eq!(log.chunks()[0], merged);
+    assert_eq!(log.chunks().len(), 2);
+    assert_eq!(log.chunk_for(5), Some(&merged));
+    let gone: Vec<&str> = log.deleted().iter().map(|d| d.chunk.key.as_str()).collect();
+    assert_eq!(gone, vec!["c-0-3", "c-4-7"]);
+    // The same proposal again (a retry) is refused.
+    let r = run(
+        &mut log,
+        42,
+        compacted_command(keys(&["c-0-3", "c-4-7"]), merged, 7),
+    );
+    assert_eq!(r.error, code::INVALID_REQUEST);
+
+    // GC forgets what it deleted; unknown keys are ignored.
+    run(
+        &mut log,
+        43,
+        objects_deleted_command(keys(&["c-0-3", "other"])),
+    );
+    assert_eq!(log.deleted().len(), 1);
+}
+
+#[test]
+fn snapshot_carries_log_start_and_the_gc_list() {
+    let mut log = log_with_chunks();
+    run(&mut log, 30, delete_records_command(9, 5));
+    let restored = PartitionLog::from_snapshot(&log.to_snapshot().expect("snap")).expect("restore");
+    assert_eq!(restored.log_start_offset(), 9);
+    assert_eq!(restored.deleted(), log.deleted());
+    assert_eq!(restored.chunks(), log.chunks());
+}
