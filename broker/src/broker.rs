@@ -69,6 +69,7 @@ impl Broker {
             RequestKind::CreateTopics(r) => ready(self.create_topics(r, version).await),
             RequestKind::DeleteTopics(r) => ready(self.delete_topics(r, version).await),
             RequestKind::CreatePartitions(r) => ready(self.create_partitions(r).await),
+            RequestKind::DeleteRecords(r) => ready(self.delete_records(r).await),
             RequestKind::DescribeConfigs(r) => ready(self.describe_configs(r)),
             RequestKind::AlterConfigs(r) => ready(self.alter_configs(r).await),
             RequestKind::IncrementalAlterConfigs(r) => {

@@ -61,6 +61,13 @@ pub struct Config {
     pub max_untiered_bytes: u64,
     /// Bytes of decoded chunks cached for reads of tiered data.
     pub read_cache_bytes: u64,
+    /// How long an object that left a partition manifest (DeleteRecords, retention,
+    /// compaction) stays in the bucket before garbage collection deletes it.
+    pub gc_grace_ms: u64,
+    /// Compaction merges a run of at least this many adjacent chunks into one segment.
+    pub compaction_min_chunks: u64,
+    /// Largest segment object compaction writes.
+    pub segment_bytes: u64,
     pub raft_heartbeat_interval_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
@@ -102,6 +109,9 @@ impl Default for Config {
             tiering_chunk_bytes: 8 << 20,
             max_untiered_bytes: 256 << 20,
             read_cache_bytes: 64 << 20,
+            gc_grace_ms: 60_000,
+            compaction_min_chunks: 8,
+            segment_bytes: 64 << 20,
             raft_heartbeat_interval_ms: 100,
             raft_election_timeout_min_ms: 300,
             raft_election_timeout_max_ms: 600,
@@ -177,6 +187,11 @@ impl Config {
             max_untiered_bytes: self.max_untiered_bytes,
             cache_bytes: self.read_cache_bytes as usize,
             concurrency: 8,
+            gc_grace_ms: self.gc_grace_ms,
+            compaction: crate::tiering::compaction::CompactionPolicy {
+                min_chunks: self.compaction_min_chunks.max(2) as usize,
+                segment_bytes: self.segment_bytes,
+            },
         }
     }
 

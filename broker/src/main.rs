@@ -104,6 +104,19 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     read_cache_bytes: Option<u64>,
+    /// Milliseconds an object that left a partition manifest stays in the bucket before
+    /// garbage collection deletes it [default: 60000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gc_grace_ms: Option<u64>,
+    /// Compaction merges runs of at least this many adjacent chunks [default: 8].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compaction_min_chunks: Option<u64>,
+    /// Largest segment object compaction writes [default: 67108864].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment_bytes: Option<u64>,
     /// How often a Raft group with new entries is snapshotted and its WAL purged [default: 1000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

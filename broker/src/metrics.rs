@@ -43,6 +43,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeConfigs => "describe_configs",
         ApiKey::AlterConfigs => "alter_configs",
         ApiKey::CreatePartitions => "create_partitions",
+        ApiKey::DeleteRecords => "delete_records",
         ApiKey::IncrementalAlterConfigs => "incremental_alter_configs",
         ApiKey::DescribeCluster => "describe_cluster",
         ApiKey::FindCoordinator => "find_coordinator",

@@ -341,6 +341,24 @@ fn requests(key: ApiKey, version: i16) -> Option<Vec<RequestKind>> {
             ];
             vec![RequestKind::IncrementalAlterConfigs(req)]
         }
+        ApiKey::DeleteRecords => {
+            let mut req = DeleteRecordsRequest::default();
+            req.timeout_ms = 5_000;
+            let part = |index: i32, offset: i64| {
+                let mut p = delete_records_request::DeleteRecordsPartition::default();
+                p.partition_index = index;
+                p.offset = offset;
+                p
+            };
+            let mut t = delete_records_request::DeleteRecordsTopic::default();
+            t.name = tn(topic);
+            t.partitions = vec![part(0, 0), part(0, 1_000_000), part(9, 0)];
+            let mut m = delete_records_request::DeleteRecordsTopic::default();
+            m.name = tn(missing);
+            m.partitions = vec![part(0, -1)];
+            req.topics = vec![t, m];
+            vec![RequestKind::DeleteRecords(req)]
+        }
         ApiKey::DescribeCluster => {
             vec![RequestKind::DescribeCluster(
                 DescribeClusterRequest::default(),

@@ -7,6 +7,7 @@ mod fetch;
 mod offsets;
 mod produce;
 mod producer_id;
+mod records;
 mod topics;
 
 use kafka_protocol::messages::TopicName;

@@ -150,6 +150,16 @@ impl Registry {
             .cloned()
     }
 
+    /// A topic's config overrides, as the cluster metadata has them now.
+    pub fn topic_configs(&self, topic: &str) -> std::collections::BTreeMap<String, String> {
+        self.node
+            .cluster()
+            .topics
+            .get(topic)
+            .map(|t| t.configs.clone())
+            .unwrap_or_default()
+    }
+
     pub fn count(&self) -> usize {
         self.partitions.read().len()
     }

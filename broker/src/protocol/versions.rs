@@ -22,6 +22,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, (i16, i16))] = &[
     (ApiKey::DescribeConfigs, (1, 4)),
     (ApiKey::AlterConfigs, (0, 2)),
     (ApiKey::CreatePartitions, (0, 3)),
+    (ApiKey::DeleteRecords, (0, 2)),
     (ApiKey::IncrementalAlterConfigs, (0, 1)),
     (ApiKey::DescribeCluster, (0, 1)),
     // Consumer groups (classic protocol). OffsetCommit/OffsetFetch stop before v10, which

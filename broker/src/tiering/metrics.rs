@@ -23,7 +23,7 @@ impl Tier {
         } else {
             now_ms.saturating_sub(last_upload) as f64 / 1000.0
         };
-        let rows: [(&str, &str, String); 13] = [
+        let rows: [(&str, &str, String); 16] = [
             (
                 "counter",
                 "chronik_tiering_chunks_uploaded_total",
@@ -68,6 +68,21 @@ impl Tier {
                 "counter",
                 "chronik_bucket_gets_total",
                 load(&s.gets).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_retention_deletes_total",
+                load(&s.retention_deletes).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_compaction_segments_written_total",
+                load(&s.segments_written).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_gc_objects_deleted_total",
+                load(&s.objects_deleted).to_string(),
             ),
             (
                 "counter",

@@ -8,9 +8,16 @@
 //! entry through Raft, then snapshot the group so the WAL can be purged. A crash between
 //! the PUT and the commit leaves an unreferenced object, which is harmless: only the
 //! manifest says what is part of the partition.
+//!
+//! After tiering, the leader runs the partition's upkeep (`maintain`): retention,
+//! compaction of small chunks into segments, and GC of objects that left the manifest.
 
 mod cache;
+pub mod compaction;
+pub mod gc;
+mod maintain;
 mod metrics;
+pub mod retention;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,10 +28,12 @@ use bytes::{Bytes, BytesMut};
 use chronik_tiering::chunk::{ChunkReader, ChunkWriter};
 use chronik_tiering::{layout, Bucket};
 
+use crate::errors::code;
 use crate::partition::batch::write_with_offset;
-use crate::partition::log::{chunk_tiered_command, ChunkRef};
+use crate::partition::log::{chunk_tiered_command, AppendResult, ChunkRef};
 use crate::partition::{Partition, Registry};
 pub use cache::ChunkCache;
+pub use maintain::now_ms;
 pub use metrics::render_group_progress;
 
 #[derive(Clone, Debug)]
@@ -38,6 +47,9 @@ pub struct TierConfig {
     pub cache_bytes: usize,
     /// Partitions tiered concurrently.
     pub concurrency: usize,
+    /// How long an object that left a manifest stays in the bucket before GC deletes it.
+    pub gc_grace_ms: u64,
+    pub compaction: compaction::CompactionPolicy,
 }
 
 /// A tiered batch as stored in a chunk: offsets final.
@@ -56,8 +68,14 @@ pub struct TierStats {
     pub untiered_bytes: AtomicU64,
     /// Consecutive ticks in which data waited and an upload failed.
     pub lag_ticks: AtomicU64,
-    /// Chunk GETs from the bucket (cache misses that reached it).
+    /// Chunk GETs from the bucket (cache misses that reached it, and compaction reads).
     pub gets: AtomicU64,
+    /// DeleteRecords commands proposed by retention.
+    pub retention_deletes: AtomicU64,
+    /// Segments that compaction swapped into a manifest.
+    pub segments_written: AtomicU64,
+    /// Objects GC deleted from the bucket.
+    pub objects_deleted: AtomicU64,
 }
 
 pub struct Tier {
@@ -148,9 +166,15 @@ impl Tier {
         let mut tasks = tokio::task::JoinSet::new();
         for p in registry.all().into_iter().filter(|p| p.is_leader(node_id)) {
             let (tier, limit) = (self.clone(), limit.clone());
+            let retention =
+                retention::RetentionPolicy::from_configs(&registry.topic_configs(&p.topic));
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                tier.tier_partition(&p).await
+                let tiered = tier.tier_partition(&p).await;
+                if let Err(err) = tier.maintain_partition(&p, &retention).await {
+                    tracing::warn!(topic = %p.topic, partition = p.index, %err, "partition upkeep failed; retrying next interval");
+                }
+                tiered
             });
         }
         let mut results: Vec<Result<bool, String>> = Vec::new();
@@ -207,10 +231,23 @@ impl Tier {
             max_timestamp,
             size,
         };
-        p.raft
+        let resp = p
+            .raft
             .client_write(chunk_tiered_command(&chunk))
             .await
             .map_err(|e| format!("commit chunk {}: {e}", chunk.key))?;
+        if AppendResult::decode(&resp.data).error != code::NONE {
+            // DeleteRecords took these batches meanwhile: nothing will reference the object.
+            let orphan = {
+                let log = p.log.read();
+                chunk.last_offset < log.log_start_offset()
+                    && !log.deleted().iter().any(|d| d.chunk.key == chunk.key)
+            };
+            if orphan {
+                let _ = self.bucket.delete(&chunk.key).await;
+            }
+            return Ok(false);
+        }
         self.stats.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
         // The tail the snapshot must carry just shrank: snapshot now so the WAL is purged.

@@ -1,0 +1,182 @@
+//! Partition upkeep run by the leader after each tiering step: retention, compaction and
+//! garbage collection. The decisions are the pure functions in `retention`, `compaction`
+//! and `gc`; this module does their I/O and commits their outcome through Raft, so every
+//! replica's manifest agrees.
+//!
+//! Crash safety: a merged segment is written before the `Compacted` entry that publishes
+//! it (a crash leaves an unreferenced object, as a crashed upload does); GC deletes objects
+//! before the `ObjectsDeleted` entry that forgets them (a crash repeats the delete).
+
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use chronik_tiering::chunk::{ChunkReader, ChunkWriter};
+use chronik_tiering::layout;
+
+use super::compaction::plan_compaction;
+use super::gc::gc_due;
+use super::retention::{retention_cutoff, RetentionPolicy};
+use super::Tier;
+use crate::errors::code;
+use crate::partition::batch::BatchHeader;
+use crate::partition::log::{
+    compacted_command, delete_records_command, objects_deleted_command, AppendResult, ChunkRef,
+};
+use crate::partition::Partition;
+
+/// Objects deleted per partition per step, so one step stays short.
+const GC_BATCH: usize = 100;
+
+/// The wall clock, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Tier {
+    /// Retention, then compaction, then GC, for one partition this node leads.
+    pub(super) async fn maintain_partition(
+        &self,
+        p: &Partition,
+        retention: &RetentionPolicy,
+    ) -> Result<(), String> {
+        self.apply_retention(p, retention).await?;
+        self.compact(p).await?;
+        self.collect_garbage(p).await
+    }
+
+    async fn apply_retention(&self, p: &Partition, policy: &RetentionPolicy) -> Result<(), String> {
+        let now = now_ms();
+        let Some(cutoff) = retention_cutoff(&p.log.read(), policy, now) else {
+            return Ok(());
+        };
+        let res = self
+            .propose(p, delete_records_command(cutoff, now))
+            .await
+            .map_err(|e| format!("commit retention: {e}"))?;
+        if res.error == code::NONE {
+            tracing::info!(topic = %p.topic, partition = p.index, log_start_offset = res.base_offset, "retention moved the log start");
+            self.stats.retention_deletes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Merges the planned run of chunks into one segment object and swaps it into the
+    /// manifest. A refused swap (the manifest changed meanwhile) deletes the new object,
+    /// which nothing references.
+    async fn compact(&self, p: &Partition) -> Result<(), String> {
+        let run: Vec<ChunkRef> = {
+            let log = p.log.read();
+            match plan_compaction(log.chunks(), &self.config.compaction) {
+                Some(r) => log.chunks()[r].to_vec(),
+                None => return Ok(()),
+            }
+        };
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(());
+        };
+        let mut objects: Vec<(String, Bytes)> = Vec::with_capacity(run.len());
+        for c in &run {
+            self.stats.gets.fetch_add(1, Ordering::Relaxed);
+            let bytes = self
+                .bucket
+                .get(&c.key)
+                .await
+                .map_err(|e| format!("read {} for compaction: {e}", c.key))?;
+            objects.push((c.key.clone(), bytes));
+        }
+        // Decompressing and recompressing up to segment_bytes: off the async workers.
+        let object = tokio::task::spawn_blocking(move || merge(objects))
+            .await
+            .map_err(|e| format!("merge chunks: {e}"))??;
+        let key = layout::segment_key(p.topic_id, p.index, first.base_offset, last.last_offset);
+        let with = ChunkRef {
+            key: key.clone(),
+            base_offset: first.base_offset,
+            last_offset: last.last_offset,
+            max_timestamp: run.iter().map(|c| c.max_timestamp).max().unwrap_or(-1),
+            size: object.len() as u64,
+        };
+        self.bucket
+            .put(&key, object)
+            .await
+            .map_err(|e| format!("upload {key}: {e}"))?;
+        let replaces = run.iter().map(|c| c.key.clone()).collect();
+        let res = self
+            .propose(p, compacted_command(replaces, with, now_ms()))
+            .await
+            .map_err(|e| format!("commit segment {key}: {e}"))?;
+        if res.error != code::NONE {
+            let referenced = p.log.read().chunks().iter().any(|c| c.key == key);
+            if !referenced {
+                let _ = self.bucket.delete(&key).await;
+            }
+            tracing::info!(topic = %p.topic, partition = p.index, %key, "compaction refused: the manifest changed");
+            return Ok(());
+        }
+        self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(topic = %p.topic, partition = p.index, %key, chunks = run.len(), "chunks merged");
+        Ok(())
+    }
+
+    /// Deletes objects whose grace period has passed, then forgets them in the manifest.
+    async fn collect_garbage(&self, p: &Partition) -> Result<(), String> {
+        let grace = self.config.gc_grace_ms as i64;
+        let due = gc_due(&p.log.read(), now_ms(), grace, GC_BATCH);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(due.len());
+        for c in due {
+            self.bucket
+                .delete(&c.key)
+                .await
+                .map_err(|e| format!("delete {}: {e}", c.key))?;
+            keys.push(c.key);
+        }
+        let n = keys.len() as u64;
+        self.propose(p, objects_deleted_command(keys))
+            .await
+            .map_err(|e| format!("commit gc: {e}"))?;
+        self.stats.objects_deleted.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn propose(
+        &self,
+        p: &Partition,
+        cmd: chronik_metastore::types::Command,
+    ) -> Result<AppendResult, String> {
+        let resp = p.raft.client_write(cmd).await.map_err(|e| e.to_string())?;
+        Ok(AppendResult::decode(&resp.data))
+    }
+}
+
+/// One object in chunk format holding every batch of `objects`, in order.
+fn merge(objects: Vec<(String, Bytes)>) -> Result<Bytes, String> {
+    let mut writer = ChunkWriter::new();
+    for (key, bytes) in objects {
+        let reader = ChunkReader::parse_named(&key, bytes).map_err(|e| e.to_string())?;
+        for data in reader.batches() {
+            let header = BatchHeader::parse(&data).map_err(|e| format!("chunk {key}: {e}"))?;
+            let base = data
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes)
+                .ok_or_else(|| format!("chunk {key}: short batch"))?;
+            writer
+                .push_batch(
+                    base,
+                    base + header.last_offset_delta as i64,
+                    header.max_timestamp,
+                    &data,
+                )
+                .map_err(|e| format!("merge {key}: {e}"))?;
+        }
+    }
+    Ok(writer.finish())
+}
