@@ -144,6 +144,7 @@ impl Node {
             config.incarnation.clone(),
         ));
         let snapshot_interval = Duration::from_millis(config.snapshot_interval_ms.max(10));
+        spawn_upload_retries(&snapshots, snapshot_interval);
         let (state, metadata) = MetadataState::new();
         let metadata_raft = start_group(
             config.node_id,
@@ -310,6 +311,21 @@ pub async fn wait_leader(raft: &Raft, timeout: Duration) -> Option<NodeId> {
         }
     };
     tokio::time::timeout(timeout, wait).await.ok().flatten()
+}
+
+/// Retries failed snapshot uploads every `interval` for as long as the node's snapshot
+/// store is alive.
+fn spawn_upload_retries(snapshots: &Arc<NodeSnapshots>, interval: Duration) {
+    let weak = Arc::downgrade(snapshots);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(snapshots) = weak.upgrade() else {
+                return;
+            };
+            snapshots.retry_pending_uploads().await;
+        }
+    });
 }
 
 /// Snapshots `raft` every `interval` in which it applied new entries; openraft then purges

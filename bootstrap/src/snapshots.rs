@@ -9,9 +9,15 @@
 //! of its own incarnation, and falls back to older ones when the newest is not.
 //!
 //! A failed upload does not fail the snapshot: the local copy is durable, so the log can be
-//! purged, and the next snapshot is uploaded again. While the bucket is unreachable the
-//! disaster-recovery point therefore ages; `snapshot_upload_failures` counts it.
+//! purged. The failed upload is kept and retried ([`NodeSnapshots::retry_pending_uploads`],
+//! every snapshot interval) until it or a newer snapshot of the group reaches the bucket
+//! (a snapshot loaded from the local file at start is uploaded again the same way):
+//! a group that stops changing (the metadata group after a topic is created) takes no new
+//! snapshot, so waiting for the next one would leave its bucket copy stale for good. While
+//! the bucket is unreachable the disaster-recovery point ages; `snapshot_upload_failures`
+//! counts it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +48,10 @@ pub struct NodeSnapshots {
     store: Arc<dyn ObjectStore>,
     keep_in_bucket: usize,
     pub stats: Arc<SnapshotStats>,
+    /// Per group, the newest snapshot not known to be in the bucket: its upload failed, or
+    /// it was loaded from the local file at start (a crash may have cut its upload short).
+    /// (last log index, wrapped bytes).
+    pending_uploads: std::sync::Mutex<BTreeMap<GroupId, (u64, Bytes)>>,
 }
 
 fn local_file(dir: &Path, group: GroupId) -> PathBuf {
@@ -68,6 +78,51 @@ impl NodeSnapshots {
             store: bucket.store().clone(),
             keep_in_bucket: keep_in_bucket.max(1),
             stats: Arc::new(SnapshotStats::default()),
+            pending_uploads: Default::default(),
+        }
+    }
+
+    /// Uploads, and records the outcome: a failure is kept for a retry, a success drops
+    /// any older pending retry of the group.
+    async fn upload_or_keep(&self, group: GroupId, index: u64, wrapped: Bytes) {
+        let result = self.upload(group, index, wrapped.clone()).await;
+        let mut pending = self
+            .pending_uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                if pending.get(&group).is_some_and(|(i, _)| *i <= index) {
+                    pending.remove(&group);
+                }
+                self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                self.stats.last_upload_unix_ms.store(now, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
+                if pending.get(&group).is_none_or(|(i, _)| *i <= index) {
+                    pending.insert(group, (index, wrapped));
+                }
+                tracing::warn!(group, %err, "snapshot upload failed; the local copy is durable, the upload is retried");
+            }
+        }
+    }
+
+    /// Retries the uploads that failed (the newest snapshot of each group only).
+    pub async fn retry_pending_uploads(&self) {
+        let pending: Vec<(GroupId, u64, Bytes)> = self
+            .pending_uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(g, (i, b))| (*g, *i, b.clone()))
+            .collect();
+        for (group, index, wrapped) in pending {
+            self.upload_or_keep(group, index, wrapped).await;
         }
     }
 
@@ -158,22 +213,14 @@ impl SnapshotStore for NodeSnapshots {
             })
             .await
             .map_err(|e| format!("snapshot write task: {e}"))?
-            .map_err(|e| format!("write snapshot of group {group} in {}: {e}", self.dir.display()))?;
+            .map_err(|e| {
+                format!(
+                    "write snapshot of group {group} in {}: {e}",
+                    self.dir.display()
+                )
+            })?;
             self.stats.saved.fetch_add(1, Ordering::Relaxed);
-            match self.upload(group, index, wrapped).await {
-                Ok(()) => {
-                    self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0);
-                    self.stats.last_upload_unix_ms.store(now, Ordering::Relaxed);
-                }
-                Err(err) => {
-                    self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(group, %err, "snapshot upload failed; the local copy is durable, the next snapshot retries");
-                }
-            }
+            self.upload_or_keep(group, index, wrapped).await;
             Ok(())
         }
         .boxed()
@@ -192,7 +239,15 @@ impl SnapshotStore for NodeSnapshots {
             .map_err(|e| format!("snapshot read task: {e}"))??;
             if let Some(data) = local {
                 match self.unwrap(&shown, &data) {
-                    Ok(snapshot) => return Ok(Some(snapshot)),
+                    Ok(snapshot) => {
+                        // The node may have died before this snapshot reached the bucket.
+                        self.pending_uploads
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(group)
+                            .or_insert((snapshot.last_log_index, Bytes::from(data)));
+                        return Ok(Some(snapshot));
+                    }
                     Err(err) => tracing::error!(group, %err, "local snapshot is unusable; trying the bucket"),
                 }
             }
