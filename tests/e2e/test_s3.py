@@ -74,6 +74,11 @@ def restart_after_wipe(broker, timeout: float = 30):
     broker.kill9()
     shutil.rmtree(broker.data_dir)
     broker.data_dir.mkdir()
+    return start_past_lease(broker, timeout)
+
+
+def start_past_lease(broker, timeout: float = 30):
+    """Start; while the start-up fails on the previous owner's bucket lease, retry."""
     deadline = time.monotonic() + timeout
     while True:
         try:
