@@ -91,6 +91,20 @@ def start_past_lease(broker, timeout: float = 30):
             time.sleep(0.3)
 
 
+def snapshot_payload(raw: bytes) -> bytes:
+    """The state machine payload of a bucket snapshot (envelope: tiering/src/snapshot.rs)."""
+    import struct
+    import zstandard
+    assert raw[:8] == b"CHRNKSNP", raw[:8]
+    pos = 8 + 1 + 8 + 8
+    (inc_len,) = struct.unpack(">H", raw[pos:pos + 2])
+    pos += 2 + inc_len
+    raw_len, comp_len = struct.unpack(">QQ", raw[pos:pos + 16])
+    pos += 16
+    return zstandard.ZstdDecompressor().decompress(raw[pos:pos + comp_len],
+                                                   max_output_size=raw_len)
+
+
 def keys_under(s3, bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix) for o in page.get("Contents", []))
@@ -114,7 +128,6 @@ def test_restore_from_s3_after_losing_the_disk(broker_factory, moto):
     # A committed group offset, durable in the bucket before the disk goes.
     from confluent_kafka import TopicPartition
     snap_prefix = f"{prefix}/snapshots/group-{OFFSETS_GROUP:020}/"
-    before = keys_under(s3, bucket, snap_prefix)
     c = broker.consumer({"group.id": "g-s3"})
     c.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
     c.commit(offsets=[TopicPartition(topic, 0, 123), TopicPartition(topic, 1, 456)],
@@ -125,8 +138,12 @@ def test_restore_from_s3_after_losing_the_disk(broker_factory, moto):
     wait_until(lambda: metric(broker, "chronik_tiering_untiered_bytes") == 0
                and metric(broker, "chronik_tiering_chunks_uploaded_total") >= parts,
                timeout=30, what="everything tiered to S3")
-    wait_until(lambda: (keys_under(s3, bucket, snap_prefix) or [""])[-1] > (before or [""])[-1],
-               timeout=30, what="an offsets snapshot newer than the commit in S3")
+    def newest_offsets_snapshot_has_group():
+        keys = keys_under(s3, bucket, snap_prefix)
+        raw = keys and s3.get_object(Bucket=bucket, Key=keys[-1])["Body"].read()
+        return raw and b"g-s3" in snapshot_payload(raw)
+    wait_until(newest_offsets_snapshot_has_group, timeout=30,
+               what="an offsets snapshot with the commit in S3")
     chunks = [k for k in keys_under(s3, bucket, prefix + "/") if k.endswith(".chunk")]
     assert len(chunks) >= parts, chunks
 
