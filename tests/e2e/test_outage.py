@@ -20,8 +20,8 @@ import kraw
 import kwire
 from helpers import (DeliveryTracker, assign_from_beginning, by_partition, consume_confluent,
                      produce_all, wait_until)
-from test_s3 import (FAST_LEASE, moto, restart_after_wipe, s3_env, start_past_lease,  # noqa: F401
-                     use_bucket)
+from test_s3 import (FAST_LEASE, keys_under, moto, restart_after_wipe, s3_env,  # noqa: F401
+                     snapshot_payload, snapshots_settled, start_past_lease, use_bucket)
 from test_tiering import metric
 
 TIER_ARGS = ["--tiering-interval-ms", "200", "--snapshot-interval-ms", "200"]
@@ -241,7 +241,8 @@ def test_acked_during_an_outage_survives_kill9_and_reaches_the_bucket(broker_fac
         wait_until(lambda: metric(broker, "chronik_tiering_chunks_uploaded_total") >= 2
                    and metric(broker, "chronik_tiering_untiered_bytes") == 0,
                    timeout=60, what="the tail acked during the outage to be tiered")
-        time.sleep(1)  # the snapshots that follow the upload reach the bucket
+        wait_until(lambda: snapshots_settled(broker), timeout=30,
+                   what="the snapshots that follow the upload")
 
         # Only the bucket is left: everything acked, in order.
         restart_after_wipe(broker)
@@ -262,7 +263,7 @@ def test_state_changed_during_an_outage_reaches_the_bucket(broker_factory, moto)
     topic config and a committed offset, changed only while the bucket was down)."""
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import ConfigResource
-    endpoint, bucket, prefix, _ = moto
+    endpoint, bucket, prefix, s3 = moto
     proxy = CuttableProxy(int(endpoint.rsplit(":", 1)[1]))
     try:
         broker = broker_factory(
@@ -285,9 +286,18 @@ def test_state_changed_during_an_outage_reaches_the_bucket(broker_factory, moto)
         c = broker.consumer({"group.id": "g-outage"})
         c.assign([TopicPartition(topic, 0)])
         c.commit(offsets=[TopicPartition(topic, 0, 42)], asynchronous=False)
-        time.sleep(0.5)  # snapshots are taken (locally) and fail to upload
+        wait_until(lambda: snapshots_settled(broker), timeout=30,
+                   what="snapshots taken locally during the outage")
         proxy.restore()
-        time.sleep(1.5)  # a few snapshot intervals: failed uploads are retried by now
+
+        def newest_in_bucket_has(group: int, needle: bytes) -> bool:
+            keys = keys_under(s3, bucket, f"{prefix}/snapshots/group-{group:020}/")
+            raw = keys and s3.get_object(Bucket=bucket, Key=keys[-1])["Body"].read()
+            return bool(raw) and needle in snapshot_payload(raw)
+        # No new entries follow in either group: only a retried upload can get these there.
+        wait_until(lambda: newest_in_bucket_has(0, b"7777777")
+                   and newest_in_bucket_has(1, b"g-outage"),
+                   timeout=30, what="the snapshots taken during the outage in the bucket")
 
         restart_after_wipe(broker)
         desc = ConfigResource(ConfigResource.Type.TOPIC, topic)
@@ -332,7 +342,8 @@ def test_corrupt_chunk_fails_only_its_range(broker_factory, how):
     wait_until(lambda: metric(broker, "chronik_tiering_untiered_bytes") == 0
                and chunk_files(broker, 0) and chunk_files(broker, 1),
                timeout=30, what="both partitions tiered")
-    time.sleep(1)  # snapshots (with the manifests) reach the bucket after each tiering step
+    wait_until(lambda: snapshots_settled(broker), timeout=30,
+               what="snapshots (with the manifests) in the bucket")
 
     restart_after_wipe(broker)
     victim = chunk_files(broker, 0)[0]

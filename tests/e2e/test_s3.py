@@ -91,6 +91,18 @@ def start_past_lease(broker, timeout: float = 30):
             time.sleep(0.3)
 
 
+def snapshots_settled(broker) -> bool:
+    """Every Raft group on the node has snapshotted all it applied (the snapshot is saved,
+    and uploaded unless the bucket failed, before the group's snapshot index moves)."""
+    import re
+    applied, snap = {}, {}
+    for line in broker.metrics().splitlines():
+        m = re.match(r'^chronik_raft_(applied|snapshot)_index\{group="(\d+)"\} (-?\d+)$', line)
+        if m:
+            (applied if m.group(1) == "applied" else snap)[m.group(2)] = int(m.group(3))
+    return bool(applied) and applied == snap
+
+
 def snapshot_payload(raw: bytes) -> bytes:
     """The state machine payload of a bucket snapshot (envelope: tiering/src/snapshot.rs)."""
     import struct
