@@ -46,6 +46,31 @@ pub fn ensure_topic(target: &Target, topic: &str, partitions: i32) -> anyhow::Re
     Ok(())
 }
 
+/// A pool of deterministic, incompressible bytes; messages are windows of it at varying
+/// offsets, so no two messages (or chunks) repeat each other the way one fixed payload would.
+pub struct Payloads {
+    pool: Vec<u8>,
+    size: usize,
+    next: usize,
+}
+
+impl Payloads {
+    pub fn new(size: usize, seed: u64) -> Payloads {
+        Payloads {
+            pool: payload((size * 2).max(64 << 20), seed),
+            size,
+            next: 0,
+        }
+    }
+
+    pub fn next(&mut self) -> &[u8] {
+        let span = self.pool.len() - self.size;
+        // A stride coprime with typical sizes walks the pool without short cycles.
+        self.next = (self.next + 7919 * 64 + 13) % span.max(1);
+        &self.pool[self.next..self.next + self.size]
+    }
+}
+
 /// Deterministic, poorly compressible payload bytes.
 pub fn payload(size: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

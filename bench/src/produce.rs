@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 use serde::Serialize;
 
-use crate::client::{ensure_topic, payload, Target};
+use crate::client::{ensure_topic, Payloads, Target};
 use crate::stats::{Latencies, Percentiles, Throughput};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -127,7 +127,7 @@ pub fn run(args: &ProduceArgs) -> anyhow::Result<ProduceReport> {
             .create_with_context(Ctx(deliveries.clone()))
             .context("create producer")?;
         let topic = args.topic.clone();
-        let body = payload(args.msg_size, id as u64 + 1);
+        let mut bodies = Payloads::new(args.msg_size, id as u64 + 1);
         handles.push(thread::spawn(move || -> anyhow::Result<u64> {
             let mut sent = 0u64;
             let t0 = Instant::now();
@@ -148,7 +148,7 @@ pub fn run(args: &ProduceArgs) -> anyhow::Result<ProduceReport> {
                     &topic,
                     Box::new(Instant::now()),
                 )
-                .payload(&body[..]);
+                .payload(bodies.next());
                 loop {
                     match producer.send(record) {
                         Ok(()) => break,

@@ -319,7 +319,11 @@ fn spawn_upload_retries(snapshots: &Arc<NodeSnapshots>, interval: Duration) {
     let weak = Arc::downgrade(snapshots);
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(interval).await;
+            let Some(snapshots) = weak.upgrade() else {
+                return;
+            };
+            snapshots.wait_for_uploads(interval).await;
+            drop(snapshots);
             let Some(snapshots) = weak.upgrade() else {
                 return;
             };

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -52,6 +53,8 @@ pub struct NodeSnapshots {
     /// it was loaded from the local file at start (a crash may have cut its upload short).
     /// (last log index, wrapped bytes).
     pending_uploads: std::sync::Mutex<BTreeMap<GroupId, (u64, Bytes)>>,
+    /// Wakes the uploader when a snapshot is queued.
+    upload_wanted: tokio::sync::Notify,
 }
 
 fn local_file(dir: &Path, group: GroupId) -> PathBuf {
@@ -79,6 +82,7 @@ impl NodeSnapshots {
             keep_in_bucket: keep_in_bucket.max(1),
             stats: Arc::new(SnapshotStats::default()),
             pending_uploads: Default::default(),
+            upload_wanted: tokio::sync::Notify::new(),
         }
     }
 
@@ -112,7 +116,12 @@ impl NodeSnapshots {
         }
     }
 
-    /// Retries the uploads that failed (the newest snapshot of each group only).
+    /// Waits until a snapshot is queued for upload, or `timeout` passes.
+    pub async fn wait_for_uploads(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.upload_wanted.notified()).await;
+    }
+
+    /// Uploads what is queued and retries what failed (the newest snapshot of each group).
     pub async fn retry_pending_uploads(&self) {
         let pending: Vec<(GroupId, u64, Bytes)> = self
             .pending_uploads
@@ -220,7 +229,19 @@ impl SnapshotStore for NodeSnapshots {
                 )
             })?;
             self.stats.saved.fetch_add(1, Ordering::Relaxed);
-            self.upload_or_keep(group, index, wrapped).await;
+            // The local copy makes the snapshot durable, which is all the log purge needs;
+            // the bucket copy is uploaded in the background, so a slow bucket never stalls
+            // the group's state machine (openraft applies and snapshots on one task).
+            {
+                let mut pending = self
+                    .pending_uploads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if pending.get(&group).is_none_or(|(i, _)| *i <= index) {
+                    pending.insert(group, (index, wrapped));
+                }
+            }
+            self.upload_wanted.notify_one();
             Ok(())
         }
         .boxed()

@@ -24,7 +24,8 @@ use crate::{Bucket, TieringError};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CHRNKSNP";
 pub const SNAPSHOT_VERSION: u8 = 1;
-const ZSTD_LEVEL: i32 = 3;
+/// Level 1: snapshots are written every second per active group; CPU matters more.
+const ZSTD_LEVEL: i32 = 1;
 const FIXED_LEN: usize = 8 + 1 + 8 + 8 + 2 + 8 + 8 + 4;
 
 /// Wraps a snapshot payload. Pure CPU work (zstd): use `spawn_blocking` for big payloads.

@@ -203,8 +203,9 @@ impl Registry {
             let sm = StateMachine::new(PartitionLog::default());
             let log = sm.state();
             let raft = self.node.start_group(group, sm).await?;
-            // The snapshot carries the untiered tail, so the WAL can be purged after it.
-            self.node.spawn_snapshotter(&raft);
+            // No periodic snapshotter: a partition snapshots right after each tiering step
+            // (tiering::Tier), when its untiered tail — which the snapshot carries — is
+            // smallest. Until then its WAL entries hold the tail.
             let partition = Arc::new(Partition {
                 topic_id: topic_ids.get(&topic).copied().unwrap_or_default(),
                 topic: topic.clone(),

@@ -200,6 +200,17 @@ impl Tier {
     async fn tier_partition(&self, p: &Arc<Partition>) -> Result<bool, String> {
         let batches = p.log.read().untiered_prefix(self.config.chunk_bytes);
         let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            // Nothing to tier, but the group may have applied other entries (a new leader's
+            // blank entry, a DeleteRecords, a duplicate produce): with an empty tail the
+            // snapshot is tiny, so take it and let the WAL be purged.
+            let (applied, snapshot) = {
+                let m = p.raft.metrics();
+                let m = m.borrow();
+                (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+            };
+            if applied > snapshot {
+                let _ = p.raft.trigger().snapshot().await;
+            }
             return Ok(false);
         };
         let (base_offset, last_offset) = (first.base_offset, last.last_offset);
