@@ -177,14 +177,20 @@ def test_compaction_merges_small_chunks_and_reads_stay_in_order(broker_factory):
     assert offsets == list(range(total)) and keys == list(range(total))
 
     wait_tiered(broker, total)
-    wait_until(lambda: metric(broker, "chronik_compaction_segments_written_total") >= 2,
+    wait_until(lambda: metric(broker, "chronik_compaction_segments_written_total") >= 1,
                timeout=60, what="segments to be written")
     uploaded = metric(broker, "chronik_tiering_chunks_uploaded_total")
 
+    def tiles(objs):
+        return (objs and objs[0][0] == 0 and objs[-1][1] == total - 1
+                and all(a[1] + 1 == b[0] for a, b in zip(objs, objs[1:])))
+
     def settled():
         objs = objects(broker)
-        # Every chunk that compaction merged is gone: at most min_chunks - 1 loose chunks.
-        return sum(1 for o in objs if o[2] == "chunk") < 4 and len(objs) < uploaded
+        # Every chunk that compaction merged is gone (GC after the grace period): at most
+        # min_chunks - 1 loose chunks, and the objects left tile the log exactly.
+        return (sum(1 for o in objs if o[2] == "chunk") < 4 and len(objs) < uploaded
+                and tiles(objs))
 
     wait_until(settled, timeout=60, what="merged chunks to be collected")
     objs = objects(broker)

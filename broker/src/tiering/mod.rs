@@ -30,7 +30,7 @@ use chronik_tiering::{layout, Bucket};
 
 use crate::errors::code;
 use crate::partition::batch::write_with_offset;
-use crate::partition::log::{chunk_tiered_command, AppendResult, ChunkRef};
+use crate::partition::log::{chunk_tiered_command, AppendResult, BatchLocation, ChunkRef};
 use crate::partition::{Partition, Registry};
 pub use cache::ChunkCache;
 pub use maintain::now_ms;
@@ -196,28 +196,48 @@ impl Tier {
         }
     }
 
-    /// Ships the oldest untiered batches of one partition; `Ok(true)` when a chunk was tiered.
+    /// Ships everything untiered when the step starts, one chunk per `chunk_bytes`, then
+    /// snapshots the partition once (its tail is smallest now) so the WAL can be purged.
+    /// `Ok(true)` when a chunk was tiered.
     async fn tier_partition(&self, p: &Arc<Partition>) -> Result<bool, String> {
-        let batches = p.log.read().untiered_prefix(self.config.chunk_bytes);
-        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
-            // Nothing to tier, but the group may have applied other entries (a new leader's
-            // blank entry, a DeleteRecords, a duplicate produce): with an empty tail the
-            // snapshot is tiny, so take it and let the WAL be purged.
-            let (applied, snapshot) = {
-                let m = p.raft.metrics();
-                let m = m.borrow();
-                (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
-            };
-            if applied > snapshot {
-                let _ = p.raft.trigger().snapshot().await;
+        let end = p.log.read().high_watermark();
+        let mut tiered = false;
+        loop {
+            let batches = p.log.read().untiered_prefix(self.config.chunk_bytes);
+            if batches.first().is_none_or(|b| b.base_offset >= end) {
+                break;
             }
+            if !self.tier_chunk(p, &batches).await? {
+                break;
+            }
+            tiered = true;
+        }
+        let (applied, snapshot) = {
+            let m = p.raft.metrics();
+            let m = m.borrow();
+            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+        };
+        if applied > snapshot {
+            let _ = p.raft.trigger().snapshot().await;
+        }
+        Ok(tiered)
+    }
+
+    /// Uploads `batches` (the oldest of the tail) as one chunk and commits it to the
+    /// manifest; `Ok(false)` when the commit was refused (the tail moved meanwhile).
+    async fn tier_chunk(
+        &self,
+        p: &Arc<Partition>,
+        batches: &[BatchLocation],
+    ) -> Result<bool, String> {
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
             return Ok(false);
         };
         let (base_offset, last_offset) = (first.base_offset, last.last_offset);
         let mut writer = ChunkWriter::new();
         let mut max_timestamp = i64::MIN;
         let mut patched = BytesMut::new();
-        for b in &batches {
+        for b in batches {
             patched.clear();
             write_with_offset(&mut patched, &b.data, b.base_offset, b.leader_epoch);
             writer
@@ -261,8 +281,6 @@ impl Tier {
         }
         self.stats.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
-        // The tail the snapshot must carry just shrank: snapshot now so the WAL is purged.
-        let _ = p.raft.trigger().snapshot().await;
         Ok(true)
     }
 }

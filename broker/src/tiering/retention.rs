@@ -57,10 +57,19 @@ pub fn retention_cutoff(log: &PartitionLog, policy: &RetentionPolicy, now_ms: i6
         )
         .filter(|(last, _, _)| *last >= start)
         .collect();
+    // Like Kafka's active segment, the newest data is never deleted by retention: the
+    // untiered tail and the newest chunk stay, whatever their timestamps (a producer may
+    // send old timestamps; Kafka keeps those until their segment rolls).
+    let live = log
+        .chunks()
+        .iter()
+        .filter(|c| c.last_offset >= start)
+        .count();
+    let deletable = &units[..live.saturating_sub(1)];
     let mut cutoff = start;
     if policy.retention_ms >= 0 {
         let oldest_kept = now_ms.saturating_sub(policy.retention_ms);
-        for (last, max_ts, _) in &units {
+        for (last, max_ts, _) in deletable {
             if *max_ts >= oldest_kept {
                 break;
             }
@@ -70,7 +79,7 @@ pub fn retention_cutoff(log: &PartitionLog, policy: &RetentionPolicy, now_ms: i6
     if policy.retention_bytes >= 0 {
         let total: u64 = units.iter().map(|u| u.2).sum();
         let mut over = total as i64 - policy.retention_bytes;
-        for (last, _, size) in &units {
+        for (last, _, size) in deletable {
             if over - (*size as i64) < 0 {
                 break;
             }
@@ -136,9 +145,10 @@ mod tests {
         assert_eq!(retention_cutoff(&log, &policy(1_000, -1), 1_000), None);
         // The first chunk (max ts 200) is older than 250; the second (400) is not.
         assert_eq!(retention_cutoff(&log, &policy(50, -1), 300), Some(4));
-        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451), Some(8));
-        // Everything expired, the tail included.
-        assert_eq!(retention_cutoff(&log, &policy(0, -1), 10_000), Some(10));
+        // The second chunk expired too, but it is the newest: like Kafka's active segment,
+        // it stays, and so does the tail.
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451), Some(4));
+        assert_eq!(retention_cutoff(&log, &policy(0, -1), 10_000), Some(4));
     }
 
     #[test]
@@ -148,8 +158,9 @@ mod tests {
         // Total = 2000 + tail. Dropping the first chunk leaves 1000 + tail >= limit.
         assert_eq!(retention_cutoff(&log, &policy(-1, 1000 + tail), 0), Some(4));
         assert_eq!(retention_cutoff(&log, &policy(-1, 1001 + tail), 0), None);
-        assert_eq!(retention_cutoff(&log, &policy(-1, tail), 0), Some(8));
-        assert_eq!(retention_cutoff(&log, &policy(-1, 0), 0), Some(10));
+        // Never the newest chunk or the tail, however small the limit.
+        assert_eq!(retention_cutoff(&log, &policy(-1, tail), 0), Some(4));
+        assert_eq!(retention_cutoff(&log, &policy(-1, 0), 0), Some(4));
         assert_eq!(retention_cutoff(&log, &policy(-1, 1 << 40), 0), None);
     }
 
@@ -158,7 +169,8 @@ mod tests {
         let mut log = log();
         run(&mut log, 20, delete_records_command(4, 0));
         assert_eq!(retention_cutoff(&log, &policy(50, -1), 300), None);
-        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451), Some(8));
+        // What is left is the newest chunk and the tail: nothing more to delete.
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451), None);
     }
 
     #[test]
