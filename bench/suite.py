@@ -367,6 +367,9 @@ def write_markdown(r):
     for p, pct in r["idle_cpu_pct"].items():
         lines.append(f"| {p} | {pct:.1f} | 0 (single node: no peers) |")
     lines.append("")
+    analysis = ROOT / "bench" / "analysis.md"
+    if analysis.exists():
+        lines += [analysis.read_text()]
     (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(lines))
 
 
