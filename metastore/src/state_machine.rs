@@ -144,6 +144,22 @@ impl<A: ApplyState> StateMachine<A> {
         self
     }
 
+    /// Makes a snapshot durable in the store, if there is one.
+    async fn persist(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let Some((group, store)) = &self.store else {
+            return Ok(());
+        };
+        let stored = StoredSnapshot {
+            last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            data: bytes::Bytes::copy_from_slice(data),
+        };
+        store.save(*group, stored).await
+    }
+
     /// Loads a stored snapshot as the current state, before the group's Raft starts.
     /// Returns the log id it covers.
     pub fn restore(&self, data: &[u8]) -> Result<Option<LogId>, String> {
@@ -204,16 +220,9 @@ impl<A: ApplyState> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
             let data = encode_snapshot(&meta, &bytes);
             (meta, data)
         };
-        if let Some((group, store)) = &self.store {
-            let stored = StoredSnapshot {
-                last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-                data: bytes::Bytes::from(data.clone()),
-            };
-            store
-                .save(*group, stored)
-                .await
-                .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
-        }
+        self.persist(&meta, &data)
+            .await
+            .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
         self.progress.write().snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
@@ -281,16 +290,9 @@ impl<A: ApplyState> RaftStateMachine<TypeConfig> for StateMachine<A> {
         let data = snapshot.into_inner();
         let (_, app_bytes) = decode_snapshot(&data).map_err(|e| sm_error(ErrorVerb::Read, &e))?;
         let app = A::from_snapshot(app_bytes).map_err(|e| sm_error(ErrorVerb::Read, &e))?;
-        if let Some((group, store)) = &self.store {
-            let stored = StoredSnapshot {
-                last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-                data: bytes::Bytes::from(data.clone()),
-            };
-            store
-                .save(*group, stored)
-                .await
-                .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
-        }
+        self.persist(meta, &data)
+            .await
+            .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
         {
             let mut state = self.state.write();
             let mut progress = self.progress.write();

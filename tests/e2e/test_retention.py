@@ -8,6 +8,7 @@ import time
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
 
+from bucket_sync import metric
 from helpers import DeliveryTracker, assign_from_beginning, consume_confluent, wait_until
 
 # Fast tiering and GC; compaction off unless a test turns it on.
@@ -15,15 +16,6 @@ ARGS = ["--tiering-interval-ms", "200", "--snapshot-interval-ms", "200", "--gc-g
         "--compaction-min-chunks", "1000000"]
 
 CHUNK_NAME = re.compile(r"^(\d{20})-(\d{20})\.(chunk|segment)$")
-
-
-def metric(broker, name: str) -> float:
-    total = 0.0
-    for line in broker.metrics().splitlines():
-        m = re.match(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", line)
-        if m:
-            total += float(m.group(1))
-    return total
 
 
 def objects(broker) -> list:

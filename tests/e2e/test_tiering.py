@@ -1,10 +1,9 @@
 """Tiering: data moves to the bucket, the WAL stays short, and a node whose data directory
 is wiped restores topics, data and offsets from the bucket alone."""
 
-import re
 import shutil
 
-from bucket_sync import wait_in_bucket
+from bucket_sync import metric, wait_in_bucket
 from helpers import (DeliveryTracker, assign_from_beginning, by_partition, consume_confluent,
                      produce_all, wait_until)
 
@@ -13,15 +12,6 @@ TIER_ARGS = ["--tiering-interval-ms", "200", "--snapshot-interval-ms", "200",
              "--lease-interval-ms", "300", "--lease-timeout-ms", "1500"]
 # Small WAL segments, so purged segments are deleted (and the WAL visibly shrinks) quickly.
 SMALL_SEGMENTS = {"CHRONIK_WAL_SEGMENT_BYTES": "262144"}
-
-
-def metric(broker, name: str) -> float:
-    total = 0.0
-    for line in broker.metrics().splitlines():
-        m = re.match(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", line)
-        if m:
-            total += float(m.group(1))
-    return total
 
 
 def chunk_objects(broker) -> list:

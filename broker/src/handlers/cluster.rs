@@ -1,7 +1,5 @@
 //! ApiVersions, Metadata and DescribeCluster.
 
-use std::time::Duration;
-
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
@@ -52,13 +50,7 @@ impl Broker {
             }
         }
         for name in &creating {
-            self.partitions
-                .wait_ready(
-                    name,
-                    self.config.num_partitions as usize,
-                    Duration::from_secs(5),
-                )
-                .await;
+            self.wait_auto_created(name).await;
         }
         let meta = self.node.cluster();
         let mut resp = MetadataResponse::default();

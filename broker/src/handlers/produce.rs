@@ -120,14 +120,9 @@ impl Broker {
         if !self.config.auto_create_topics {
             return Err(code::UNKNOWN_TOPIC_OR_PARTITION);
         }
-        let _ = self.auto_create_topic(name).await;
-        self.partitions
-            .wait_ready(
-                name,
-                self.config.num_partitions as usize,
-                Duration::from_secs(5),
-            )
-            .await;
+        if self.auto_create_topic(name).await.is_ok() {
+            self.wait_auto_created(name).await;
+        }
         lookup(self).ok_or(code::UNKNOWN_TOPIC_OR_PARTITION)
     }
 

@@ -75,6 +75,18 @@ impl Broker {
         }
     }
 
+    /// Waits (bounded) until an auto-created topic's partitions have leaders, so the first
+    /// Metadata or Produce that created it can already use it.
+    pub(crate) async fn wait_auto_created(&self, name: &str) {
+        self.partitions
+            .wait_ready(
+                name,
+                self.config.num_partitions as usize,
+                Duration::from_secs(5),
+            )
+            .await;
+    }
+
     pub(crate) async fn auto_create_topic(&self, name: &str) -> Result<(), Failure> {
         let assignments = self.assign(self.config.num_partitions as i32, -1)?;
         self.propose(MetadataCommand::CreateTopic {
