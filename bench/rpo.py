@@ -6,6 +6,7 @@ how many acknowledged messages were lost and how old the newest lost one was at 
     .tools/venv/bin/python bench/rpo.py --bin-dir target/release [--rate 2000] [--seconds 8]
 """
 import argparse
+import random
 import json
 import threading
 import time
@@ -22,7 +23,21 @@ def main():
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--record", action="store_true", help="add the result to docs/BENCHMARKS.md")
+    ap.add_argument("--runs", type=int, default=1, help="repeat; the worst run is reported")
     a = ap.parse_args()
+    results = [measure(a) for _ in range(a.runs)]
+    result = max(results, key=lambda r: r["rpo_seconds"])
+    result["runs"] = [r["rpo_seconds"] for r in results]
+    print(json.dumps(result))
+    if a.record:
+        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.json"
+        recorded = json.loads(path.read_text())
+        recorded["rpo"] = result
+        path.write_text(json.dumps(recorded, indent=2) + "\n")
+        write_markdown(recorded)
+
+
+def measure(a):
     b = Broker(a.bin_dir, FAST_LEASE)
     b.start()
     acked = {}  # seq -> ack time
@@ -49,11 +64,15 @@ def main():
             except BufferError:
                 p.poll(0.01)
             p.poll(0)
-        p.flush(3)
+        # The broker is dead: drop what was not acknowledged, so this client cannot
+        # redeliver it to the restored broker and blur the measurement.
+        p.purge(in_queue=True, in_flight=True)
+        p.flush(1)
 
     t = threading.Thread(target=produce)
     t.start()
-    time.sleep(a.seconds)
+    # A random phase, so the crash does not always land just after a tiering step.
+    time.sleep(a.seconds + random.random())
     b.proc.kill()
     b.proc.wait()
     killed_at = time.time()
@@ -78,13 +97,9 @@ def main():
     result = {"rate_msgs_per_s": a.rate, "acked_before_crash": len(acked_before),
               "restored": len(present), "acked_lost": len(lost), "rpo_seconds": round(rpo, 3),
               "settings": "tiering_interval_ms=1000 snapshot_interval_ms=1000 (defaults)"}
-    print(json.dumps(result))
-    if a.record:
-        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.json"
-        recorded = json.loads(path.read_text())
-        recorded["rpo"] = result
-        path.write_text(json.dumps(recorded, indent=2) + "\n")
-        write_markdown(recorded)
+    result["max_seq_acked_before_crash"] = max(acked_before, default=-1)
+    result["max_seq_restored"] = max(present, default=-1)
+    return result
 
 
 if __name__ == "__main__":

@@ -381,7 +381,8 @@ def write_markdown(r):
             f"`bench/rpo.py`: produce {x['rate_msgs_per_s']} msgs/s (1 KB, acks=all, idempotent), "
             f"`kill -9` the broker and wipe its data dir mid-stream, restore from the bucket. "
             f"Acked before the crash: {x['acked_before_crash']}; restored: {x['restored']}; "
-            f"acked but lost: {x['acked_lost']}; **RPO: {x['rpo_seconds']} s** "
+            f"acked but lost: {x['acked_lost']}; **RPO: {x['rpo_seconds']} s**, the worst of "
+            f"{len(x.get('runs', [1]))} runs with a random crash phase (all: {x.get('runs')}) "
             f"(with {x['settings']}; the bound is one tiering/snapshot interval plus the time a "
             "step takes).",
             "",
