@@ -235,3 +235,27 @@ pub fn parse_addr(flag: &str, addr: &str) -> anyhow::Result<SocketAddr> {
         .and_then(|mut a| a.next())
         .with_context(|| format!("--{flag} {addr:?} must be HOST:PORT, e.g. 127.0.0.1:9092"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_lists_every_key_at_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/chronik.toml");
+        let text = std::fs::read_to_string(&path).expect("read infra/chronik.toml");
+        let parsed: Config = Figment::from(Toml::string(&text)).extract().expect("parse");
+        let as_json = |c: &Config| serde_json::to_value(c).expect("serialise");
+        assert_eq!(as_json(&parsed), as_json(&Config::default()));
+        // Every key that has a value by default is spelled out in the file.
+        let defaults = as_json(&Config::default());
+        for (key, value) in defaults.as_object().expect("object") {
+            if !value.is_null() {
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{key} ="))),
+                    "infra/chronik.toml does not list {key}"
+                );
+            }
+        }
+    }
+}
