@@ -102,6 +102,12 @@ impl Partition {
             }
             ReadPlan::Chunk(chunk) => {
                 let batches = self.tier.read_chunk(&chunk).await?;
+                // Read-ahead: a consumer reading tiered data sequentially wants the next
+                // object next; start loading it into the cache while this one is served.
+                let next = self.log.read().chunk_for(chunk.last_offset + 1).cloned();
+                if let Some(next) = next {
+                    self.tier.prefetch(next);
+                }
                 let mut picked = Vec::new();
                 let mut total = 0usize;
                 for b in batches.iter().filter(|b| b.last_offset >= offset) {

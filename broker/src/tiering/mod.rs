@@ -105,6 +105,17 @@ impl Tier {
         self.stats.untiered_bytes.load(Ordering::Relaxed) > self.config.max_untiered_bytes
     }
 
+    /// Starts loading a chunk into the read cache in the background (read-ahead). A load
+    /// already under way or cached is shared, not repeated.
+    pub fn prefetch(self: &Arc<Self>, chunk: ChunkRef) {
+        let tier = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = tier.read_chunk(&chunk).await {
+                tracing::debug!(key = %chunk.key, %err, "read-ahead failed; the reader will retry");
+            }
+        });
+    }
+
     /// The batches of a chunk, from the cache or the bucket.
     pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<StoredBatch>>, String> {
         let bucket = self.bucket.clone();
