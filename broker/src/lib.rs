@@ -1,6 +1,7 @@
 //! The Chronik broker: Kafka listener and request handlers, the partition state machine,
 //! and the `chronik` command line.
 
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod errors;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use chronik_broker::admin;
 use chronik_broker::config::Config;
 
 #[derive(Parser)]
@@ -22,7 +23,28 @@ struct Cli {
 enum Command {
     /// Start a node. With no flags: a single node on 127.0.0.1:9092, data in ./data,
     /// bucket in ./bucket. Every flag is also CHRONIK_<NAME> and a key in chronik.toml.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Topics of a running cluster: list, describe, create, delete.
+    Topics {
+        #[command(flatten)]
+        target: admin::Target,
+        #[command(subcommand)]
+        command: admin::TopicsCommand,
+    },
+    /// Consumer groups of a running cluster: list, describe (members, offsets, lag).
+    Groups {
+        #[command(flatten)]
+        target: admin::Target,
+        #[command(subcommand)]
+        command: admin::GroupsCommand,
+    },
+    /// The running cluster: status.
+    Cluster {
+        #[command(flatten)]
+        target: admin::Target,
+        #[command(subcommand)]
+        command: admin::ClusterCommand,
+    },
 }
 
 /// Only flags given on the command line are set, so they override lower layers and nothing else.
@@ -161,6 +183,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(chronik_broker::serve::run(config))
         }
+        Command::Topics { target, command } => admin::topics(&target, &command),
+        Command::Groups { target, command } => admin::groups(&target, &command),
+        Command::Cluster { target, command } => admin::cluster(&target, &command),
     }
 }
 
