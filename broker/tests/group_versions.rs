@@ -5,55 +5,22 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+mod common;
+
+use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use chronik_broker::broker::{Answer, Broker};
+use chronik_broker::broker::Broker;
 use chronik_broker::config::Config;
-use chronik_broker::protocol::{decode_request, supported};
-
-fn s(v: &str) -> StrBytes {
-    StrBytes::from_string(v.to_string())
-}
-
-fn frame(key: ApiKey, version: i16, body: &RequestKind) -> Bytes {
-    let mut header = RequestHeader::default();
-    header.request_api_key = key as i16;
-    header.request_api_version = version;
-    header.correlation_id = 42;
-    header.client_id = Some(s("group-test"));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version)
-        .unwrap_or_else(|e| panic!("encode {key:?} v{version} request: {e}"));
-    buf.freeze()
-}
+use chronik_broker::protocol::supported;
+use common::{round_trip, s, test_config};
 
 /// Sends one request through dispatch and decodes the response at the same version.
 async fn ask(broker: &Arc<Broker>, version: i16, body: RequestKind) -> ResponseKind {
     let key = api_key(&body);
     let range = supported(key).unwrap_or_else(|| panic!("{key:?} is not advertised"));
     let version = version.clamp(range.min, range.max);
-    let req = decode_request(frame(key, version, &body))
-        .unwrap_or_else(|e| panic!("decode {key:?} v{version}: {e}"));
-    let bytes = match broker.handle(req).await.await {
-        Answer::Send(b) => b,
-        Answer::Nothing => panic!("{key:?} v{version}: no response"),
-        Answer::Close => panic!("{key:?} v{version}: the response could not be encoded"),
-    };
-    let mut payload = bytes.slice(4..);
-    ResponseHeader::decode(&mut payload, key.response_header_version(version))
-        .expect("response header");
-    let resp = ResponseKind::decode(key, &mut payload, version)
-        .unwrap_or_else(|e| panic!("{key:?} v{version}: response does not decode: {e}"));
-    assert!(
-        !payload.has_remaining(),
-        "{key:?} v{version}: trailing bytes"
-    );
-    resp
+    round_trip(broker, key, version, &body).await
 }
 
 fn api_key(body: &RequestKind) -> ApiKey {
@@ -350,12 +317,8 @@ async fn group_life(broker: &Arc<Broker>, v: i16) {
 async fn a_group_lives_and_dies_at_every_advertised_version() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config {
-        data_dir: dir.path().join("data"),
-        bucket: Some(format!("file://{}", dir.path().join("bucket").display())),
-        auto_create_topics: false,
-        wal_fsync: "never".into(),
         group_initial_rebalance_delay_ms: 10,
-        ..Config::default()
+        ..test_config(dir.path())
     };
     let broker = chronik_broker::serve::open(config).await.expect("open");
     let mut create = CreateTopicsRequest::default();

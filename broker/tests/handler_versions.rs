@@ -5,22 +5,16 @@
 //! real dispatch, at every version in `SUPPORTED_APIS`, with a typical request (success and
 //! error cases mixed), and checks that an encoded response comes back and decodes again.
 
-use std::sync::Arc;
+mod common;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use chronik_broker::broker::{Answer, Broker};
-use chronik_broker::config::Config;
-use chronik_broker::protocol::{decode_request, SUPPORTED_APIS};
-
-fn s(v: &str) -> StrBytes {
-    StrBytes::from_string(v.to_string())
-}
+use chronik_broker::protocol::SUPPORTED_APIS;
+use common::{round_trip, s, test_config};
 
 fn tn(v: &str) -> TopicName {
     TopicName(s(v))
@@ -55,21 +49,6 @@ fn batch(count: usize) -> Bytes {
         },
     )
     .expect("encode batch");
-    buf.freeze()
-}
-
-fn frame(key: ApiKey, version: i16, body: &RequestKind) -> Bytes {
-    let mut header = RequestHeader::default();
-    header.request_api_key = key as i16;
-    header.request_api_version = version;
-    header.correlation_id = 42;
-    header.client_id = Some(s("versions-test"));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version)
-        .unwrap_or_else(|e| panic!("encode {key:?} v{version} request: {e}"));
     buf.freeze()
 }
 
@@ -378,27 +357,12 @@ fn requests(key: ApiKey, version: i16) -> Option<Vec<RequestKind>> {
     })
 }
 
-async fn ask(broker: &Arc<Broker>, key: ApiKey, version: i16, body: &RequestKind) -> Bytes {
-    let req = decode_request(frame(key, version, body))
-        .unwrap_or_else(|e| panic!("decode {key:?} v{version}: {e}"));
-    match broker.handle(req).await.await {
-        Answer::Send(b) => b,
-        Answer::Nothing => panic!("{key:?} v{version}: no response"),
-        Answer::Close => panic!("{key:?} v{version}: the response could not be encoded"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_handler_encodes_at_every_advertised_version() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        data_dir: dir.path().join("data"),
-        bucket: Some(format!("file://{}", dir.path().join("bucket").display())),
-        auto_create_topics: false,
-        wal_fsync: "never".into(),
-        ..Config::default()
-    };
-    let broker = chronik_broker::serve::open(config).await.expect("open");
+    let broker = chronik_broker::serve::open(test_config(dir.path()))
+        .await
+        .expect("open");
 
     // A topic with data, so fetches and timestamp lookups return records.
     let mut create = CreateTopicsRequest::default();
@@ -408,7 +372,7 @@ async fn every_handler_encodes_at_every_advertised_version() {
     t.replication_factor = 1;
     create.topics = vec![t];
     create.timeout_ms = 5_000;
-    ask(
+    round_trip(
         &broker,
         ApiKey::CreateTopics,
         7,
@@ -432,20 +396,7 @@ async fn every_handler_encodes_at_every_advertised_version() {
                 continue;
             };
             for body in &reqs {
-                let bytes = ask(&broker, *key, version, body).await;
-                let mut payload = bytes.slice(4..);
-                let header =
-                    ResponseHeader::decode(&mut payload, key.response_header_version(version))
-                        .expect("response header");
-                assert_eq!(header.correlation_id, 42);
-                let resp = ResponseKind::decode(*key, &mut payload, version).unwrap_or_else(|e| {
-                    panic!("{key:?} v{version}: response does not decode: {e}")
-                });
-                assert!(
-                    !payload.has_remaining(),
-                    "{key:?} v{version}: {} trailing bytes",
-                    payload.remaining()
-                );
+                let resp = round_trip(&broker, *key, version, body).await;
                 check(&resp, version);
                 covered += 1;
             }

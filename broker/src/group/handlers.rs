@@ -318,10 +318,7 @@ impl Broker {
                 for (index, error) in parts {
                     let mut p = OffsetCommitResponsePartition::default();
                     p.partition_index = index;
-                    p.error_code = match (error, write_error) {
-                        (code::NONE, Some(e)) => e,
-                        (e, _) => e,
-                    };
+                    p.error_code = partition_error(error, write_error);
                     t.partitions.push(p);
                 }
                 resp.topics.push(t);
@@ -585,10 +582,7 @@ impl Broker {
                 for (index, error) in parts {
                     let mut p = OffsetDeleteResponsePartition::default();
                     p.partition_index = index;
-                    p.error_code = match (error, write_error) {
-                        (code::NONE, Some(e)) => e,
-                        (e, _) => e,
-                    };
+                    p.error_code = partition_error(error, write_error);
                     t.partitions.push(p);
                 }
                 resp.topics.push(t);
@@ -604,5 +598,14 @@ fn error_message(error: i16) -> &'static str {
         code::COORDINATOR_NOT_AVAILABLE => "the coordinator is not available",
         code::INVALID_REQUEST => "unsupported coordinator key type",
         _ => "error",
+    }
+}
+
+/// A partition's answer in an offsets write: its own error if it had one, else the error of
+/// the Raft write that carried the batch (if that failed).
+fn partition_error(own: i16, write_error: Option<i16>) -> i16 {
+    match (own, write_error) {
+        (code::NONE, Some(e)) => e,
+        (e, _) => e,
     }
 }
