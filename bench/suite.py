@@ -104,7 +104,7 @@ class Broker:
         self.proc.kill()
         self.proc.wait()
         shutil.rmtree(self.dir / "data")
-        lease = self.dir / "bucket" / "cluster" / "lease.json"
+        lease = self.dir / "bucket" / "cluster" / "leases" / "node-1.json"
         while time.time() * 1000 - json.loads(lease.read_text())["heartbeat_unix_ms"] < 1200:
             time.sleep(0.05)
 

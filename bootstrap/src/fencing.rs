@@ -5,12 +5,14 @@
 //!   cluster that owns the bucket. A data directory remembers the incarnation it belongs to
 //!   (`incarnation.json` in the data dir); a node whose data dir names another incarnation
 //!   than the bucket refuses to start.
-//! - The **lease** (`cluster/lease.json`) is rewritten by the owning node every
-//!   `lease_interval`. A node with an empty data directory (a new node, or disaster
-//!   recovery after every disk was lost) adopts the bucket's incarnation and restores from
-//!   it only once the lease is older than `lease_timeout`: it watches a fresh lease, and
-//!   refuses as soon as it sees it renewed (the owner is alive), or adopts the bucket when
-//!   the lease expires (the owner is gone — e.g. this very node before its disk was wiped).
+//! - Every node renews its own **lease** (`cluster/leases/node-<id>.json`) every
+//!   `lease_interval`. A node with an empty data directory adopts the bucket's incarnation:
+//!   - at once when another node of the cluster holds a fresh lease (it joins a live
+//!     cluster; the Raft transport then refuses it if its peers are of another cluster);
+//!   - when its own node id's lease is fresh, only after watching it: renewed means a node
+//!     with this id is alive (a duplicate id: refuse), expiry means it is gone (e.g. this
+//!     very node before its disk was wiped);
+//!   - otherwise at once (disaster recovery: the cluster is gone, restore from the bucket).
 //! - Every snapshot written to the bucket carries the incarnation; restore ignores
 //!   snapshots of another incarnation.
 //! - A node that sees its lease rewritten by another incarnation stops (fail-stop) rather
@@ -27,7 +29,12 @@ use chronik_tiering::{Bucket, Incarnation};
 
 use crate::BootstrapError;
 
-pub const LEASE_KEY: &str = "cluster/lease.json";
+/// Where node `node`'s lease lives in the bucket.
+pub fn lease_key(node: NodeId) -> String {
+    format!("{LEASES_PREFIX}node-{node}.json")
+}
+
+pub const LEASES_PREFIX: &str = "cluster/leases/";
 const LOCAL_FILE: &str = "incarnation.json";
 
 #[derive(Clone, Debug)]
@@ -59,23 +66,32 @@ pub enum Claim {
     Resume,
     /// The data dir is empty and the bucket's owner is gone: adopt it and restore.
     Adopt,
+    /// The data dir is empty and other nodes of the bucket's cluster are alive: adopt the
+    /// incarnation and join them.
+    Join,
     /// The data dir remembers an incarnation the bucket no longer has (the bucket was
     /// emptied): publish ours again.
     Republish,
-    /// The data dir is empty and the owner's lease is fresh: watch it until it is renewed
-    /// (refuse) or expires (adopt).
+    /// The data dir is empty and this node id's own lease is fresh: watch it until it is
+    /// renewed (a live node has this id: refuse) or expires (adopt).
     Watch(Lease),
     Refuse(String),
 }
 
-/// The start-up decision, a pure function (tested without a bucket).
+/// The start-up decision, a pure function (tested without a bucket). `lease` is this node
+/// id's lease; `others` the other nodes' leases.
 pub fn decide(
     local: Option<&Incarnation>,
     bucket: Option<&Incarnation>,
     lease: Option<&Lease>,
+    others: &[Lease],
     now_ms: u64,
     lease_timeout: Duration,
 ) -> Claim {
+    let fresh = |l: &Lease| {
+        bucket.is_some_and(|b| l.incarnation == b.incarnation)
+            && now_ms.saturating_sub(l.heartbeat_unix_ms) < lease_timeout.as_millis() as u64
+    };
     match (local, bucket) {
         (None, None) => Claim::New,
         (Some(l), Some(b)) if l.incarnation == b.incarnation => Claim::Resume,
@@ -84,14 +100,10 @@ pub fn decide(
             l.cluster_id, l.incarnation, b.cluster_id, b.incarnation
         )),
         (Some(_), None) => Claim::Republish,
-        (None, Some(b)) => match lease.filter(|l| l.incarnation == b.incarnation) {
-            Some(l)
-                if now_ms.saturating_sub(l.heartbeat_unix_ms)
-                    < lease_timeout.as_millis() as u64 =>
-            {
-                Claim::Watch(l.clone())
-            }
-            _ => Claim::Adopt,
+        (None, Some(_)) => match lease.filter(|l| fresh(l)) {
+            Some(l) => Claim::Watch(l.clone()),
+            None if others.iter().any(fresh) => Claim::Join,
+            None => Claim::Adopt,
         },
     }
 }
@@ -127,44 +139,79 @@ fn write_local(data_dir: &Path, inc: &Incarnation) -> Result<(), BootstrapError>
     write().map_err(|e| BootstrapError::Fenced(format!("write {}: {e}", path.display())))
 }
 
-async fn read_lease(bucket: &Bucket) -> Result<Option<Lease>, BootstrapError> {
-    match bucket.get(LEASE_KEY).await {
+async fn read_lease(bucket: &Bucket, node: NodeId) -> Result<Option<Lease>, BootstrapError> {
+    let key = lease_key(node);
+    match bucket.get(&key).await {
         Ok(data) => Ok(serde_json::from_slice(&data).ok()),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(BootstrapError::Fenced(format!("read {LEASE_KEY}: {e}"))),
+        Err(e) => Err(BootstrapError::Fenced(format!("read {key}: {e}"))),
     }
 }
 
+/// Every other node's lease.
+async fn read_other_leases(bucket: &Bucket, node: NodeId) -> Result<Vec<Lease>, BootstrapError> {
+    let listed = bucket
+        .list(LEASES_PREFIX)
+        .await
+        .map_err(|e| BootstrapError::Fenced(format!("list {LEASES_PREFIX}: {e}")))?;
+    let mut leases = Vec::new();
+    for (key, _) in listed {
+        if key == lease_key(node) {
+            continue;
+        }
+        match bucket.get(&key).await {
+            Ok(data) => leases.extend(serde_json::from_slice::<Lease>(&data).ok()),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(BootstrapError::Fenced(format!("read {key}: {e}"))),
+        }
+    }
+    Ok(leases)
+}
+
 async fn write_lease(bucket: &Bucket, lease: &Lease) -> Result<(), BootstrapError> {
+    let key = lease_key(lease.node_id);
     let data = Bytes::from(serde_json::to_vec(lease).unwrap_or_default());
     bucket
-        .put(LEASE_KEY, data)
+        .put(&key, data)
         .await
-        .map_err(|e| BootstrapError::Fenced(format!("write {LEASE_KEY}: {e}")))
+        .map_err(|e| BootstrapError::Fenced(format!("write {key}: {e}")))
 }
 
 /// Decides whether this node may use `bucket`, records the outcome in the data dir, and
-/// renews the lease once. Returns the incarnation this node belongs to.
+/// renews the lease once. Returns the incarnation this node belongs to. `clustered` nodes
+/// (started with other peers) that lose the race to create a new cluster's incarnation
+/// adopt the winner's: their peers started at the same moment.
 pub async fn claim_bucket(
     bucket: &Bucket,
     data_dir: &Path,
     node_id: NodeId,
+    clustered: bool,
     config: &FencingConfig,
 ) -> Result<Incarnation, BootstrapError> {
     let local = read_local(data_dir)?;
     let in_bucket = Incarnation::load(bucket)
         .await
         .map_err(|e| BootstrapError::Fenced(format!("read the bucket's incarnation: {e}")))?;
-    let lease = read_lease(bucket).await?;
+    let lease = read_lease(bucket, node_id).await?;
+    let others = read_other_leases(bucket, node_id).await?;
     let mut decision = decide(
         local.as_ref(),
         in_bucket.as_ref(),
         lease.as_ref(),
+        &others,
         now_unix_ms(),
         config.lease_timeout,
     );
     if let Claim::Watch(seen) = &decision {
         decision = watch_lease(bucket, seen.clone(), in_bucket.as_ref(), config).await?;
+        if decision == Claim::Adopt
+            && read_other_leases(bucket, node_id).await?.iter().any(|l| {
+                now_unix_ms().saturating_sub(l.heartbeat_unix_ms)
+                    < config.lease_timeout.as_millis() as u64
+            })
+        {
+            decision = Claim::Join;
+        }
     }
     let ours = match decision {
         Claim::Refuse(why) => return Err(BootstrapError::Fenced(why)),
@@ -174,7 +221,7 @@ pub async fn claim_bucket(
             ))
         }
         Claim::Resume => local.clone(),
-        Claim::Adopt => in_bucket.clone(),
+        Claim::Adopt | Claim::Join => in_bucket.clone(),
         Claim::New | Claim::Republish => {
             let wanted = local
                 .clone()
@@ -183,7 +230,7 @@ pub async fn claim_bucket(
                 .claim(bucket)
                 .await
                 .map_err(|e| BootstrapError::Fenced(format!("claim the bucket: {e}")))?;
-            if won.incarnation != wanted.incarnation {
+            if won.incarnation != wanted.incarnation && !clustered {
                 return Err(BootstrapError::Fenced(format!(
                     "another cluster (incarnation {}) claimed the bucket at the same time; retry to restore from it",
                     won.incarnation
@@ -193,6 +240,9 @@ pub async fn claim_bucket(
         }
     };
     let ours = ours.ok_or_else(|| BootstrapError::Fenced("no incarnation to adopt".into()))?;
+    if decision == Claim::Join {
+        tracing::info!(cluster = %ours.cluster_id, incarnation = %ours.incarnation, "joining the live cluster that owns the bucket");
+    }
     if decision == Claim::Adopt {
         tracing::warn!(cluster = %ours.cluster_id, incarnation = %ours.incarnation, "adopting the bucket of a cluster whose lease expired: restoring from it");
     }
@@ -222,7 +272,7 @@ async fn watch_lease(
     tracing::warn!(
         owner_node = seen.node_id,
         incarnation = %seen.incarnation,
-        "the bucket's owner renewed its lease recently; waiting up to {:.1}s to see whether it is alive",
+        "a node with this id renewed its lease in the bucket recently; waiting up to {:.1}s to see whether it is alive (then this node is refused) or gone (then it takes its place)",
         config.lease_timeout.as_secs_f64()
     );
     loop {
@@ -232,13 +282,13 @@ async fn watch_lease(
         }
         let step = (timeout_ms - age).min(config.lease_interval.as_millis() as u64);
         tokio::time::sleep(Duration::from_millis(step.max(10))).await;
-        let now = read_lease(bucket).await?;
+        let now = read_lease(bucket, seen.node_id).await?;
         if let Some(l) = now.filter(|l| l != &seen) {
             let (cluster, incarnation) = owner
                 .map(|o| (o.cluster_id.as_str(), o.incarnation.as_str()))
                 .unwrap_or(("?", l.incarnation.as_str()));
             return Ok(Claim::Refuse(format!(
-                "the bucket is owned by live cluster {cluster} (incarnation {incarnation}): node {} keeps renewing its lease; stop that cluster (its lease then expires after {:.1}s) before restoring from this bucket, or use another bucket",
+                "the bucket is owned by live cluster {cluster} (incarnation {incarnation}), whose node {} keeps renewing its lease: stop that node (its lease then expires after {:.1}s) before restoring from this bucket, use another bucket, or, to add this node to that cluster, give it an unused --node-id",
                 l.node_id,
                 config.lease_timeout.as_secs_f64()
             )));
@@ -253,7 +303,7 @@ pub fn spawn_lease(bucket: Bucket, incarnation: String, node_id: NodeId, interva
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tick.tick().await;
-            match read_lease(&bucket).await {
+            match read_lease(&bucket, node_id).await {
                 Ok(Some(l)) if l.incarnation != incarnation => {
                     tracing::error!(ours = %incarnation, theirs = %l.incarnation, node = l.node_id, "another cluster took over the bucket's lease; stopping so that the two never write over each other");
                     std::process::exit(3);
@@ -300,13 +350,13 @@ mod tests {
 
     #[test]
     fn fresh_and_resumed_clusters_proceed() {
-        assert_eq!(decide(None, None, None, 0, TIMEOUT), Claim::New);
+        assert_eq!(decide(None, None, None, &[], 0, TIMEOUT), Claim::New);
         assert_eq!(
-            decide(Some(&inc("a")), Some(&inc("a")), None, 0, TIMEOUT),
+            decide(Some(&inc("a")), Some(&inc("a")), None, &[], 0, TIMEOUT),
             Claim::Resume
         );
         assert_eq!(
-            decide(Some(&inc("a")), None, None, 0, TIMEOUT),
+            decide(Some(&inc("a")), None, None, &[], 0, TIMEOUT),
             Claim::Republish
         );
     }
@@ -314,7 +364,7 @@ mod tests {
     #[test]
     fn a_foreign_data_dir_is_refused() {
         assert!(matches!(
-            decide(Some(&inc("a")), Some(&inc("b")), None, 0, TIMEOUT),
+            decide(Some(&inc("a")), Some(&inc("b")), None, &[], 0, TIMEOUT),
             Claim::Refuse(_)
         ));
     }
@@ -324,21 +374,58 @@ mod tests {
         let now = 100_000;
         let live = lease("b", now - 1_000);
         assert_eq!(
-            decide(None, Some(&inc("b")), Some(&live), now, TIMEOUT),
+            decide(None, Some(&inc("b")), Some(&live), &[], now, TIMEOUT),
             Claim::Watch(live.clone())
         );
         let stale = lease("b", now - 20_000);
         assert_eq!(
-            decide(None, Some(&inc("b")), Some(&stale), now, TIMEOUT),
+            decide(None, Some(&inc("b")), Some(&stale), &[], now, TIMEOUT),
             Claim::Adopt
         );
         assert_eq!(
-            decide(None, Some(&inc("b")), None, now, TIMEOUT),
+            decide(None, Some(&inc("b")), None, &[], now, TIMEOUT),
             Claim::Adopt
         );
         // A lease of another incarnation says nothing about the bucket's owner.
         assert_eq!(
-            decide(None, Some(&inc("b")), Some(&lease("x", now)), now, TIMEOUT),
+            decide(
+                None,
+                Some(&inc("b")),
+                Some(&lease("x", now)),
+                &[],
+                now,
+                TIMEOUT
+            ),
+            Claim::Adopt
+        );
+    }
+
+    #[test]
+    fn an_empty_node_joins_a_live_cluster_and_watches_its_own_id() {
+        let now = 100_000;
+        let mut other = lease("b", now - 1_000);
+        other.node_id = 2;
+        assert_eq!(
+            decide(None, Some(&inc("b")), None, &[other.clone()], now, TIMEOUT),
+            Claim::Join
+        );
+        // Its own id's fresh lease wins: a duplicate id or its own former self.
+        let own = lease("b", now - 1_000);
+        assert_eq!(
+            decide(
+                None,
+                Some(&inc("b")),
+                Some(&own),
+                &[other.clone()],
+                now,
+                TIMEOUT
+            ),
+            Claim::Watch(own)
+        );
+        // Stale leases of others: the cluster is gone, restore.
+        other.heartbeat_unix_ms = now - 60_000;
+        assert_eq!(
+            decide(None, Some(&inc("b")), None, &[other], now, TIMEOUT),
             Claim::Adopt
         );
     }

@@ -1,9 +1,15 @@
 //! Node start-up: recover local state and start the node's Raft groups.
 //!
-//! Start-up order: open (and recover) the node WAL, start the metadata group (group 0),
-//! make sure it has a leader and a cluster id, and hand the broker a [`Node`] from which it
-//! starts one Raft group per partition this node replicates. A single node is the one-voter
-//! case of the same code: it initialises each new group with itself as the only voter.
+//! Start-up order: open (and recover) the node WAL, start the Raft transport, start the
+//! metadata group (group 0), make sure it has a leader and a cluster id, and hand the broker
+//! a [`Node`] from which it starts one Raft group per partition this node replicates.
+//!
+//! Who initialises a group: the node-wide groups (metadata, committed offsets) are
+//! initialised by the lowest node id of `--peers` with every peer as a voter; a partition
+//! group by the first of the replicas it was created with. A group initialised elsewhere
+//! reaches a node through the transport. A single node is the one-voter case of the same
+//! code. A node that is no voter of the metadata group (added to a running cluster) asks a
+//! peer to add it as a learner, so that it follows the metadata.
 //!
 //! Every group snapshots through [`snapshots::NodeSnapshots`] (a local file plus a copy in
 //! the bucket) and starts from the newest snapshot it finds: the local one after a restart,
@@ -25,14 +31,15 @@ use chronik_metastore::metadata::{
     decode_response, encode_command, ClusterMetadata, MetadataCommand, MetadataError,
     MetadataResponse, MetadataState,
 };
-use chronik_metastore::network::PeerNetwork;
+use chronik_metastore::network::wire::ProposeError;
+use chronik_metastore::network::{server, Transport};
 use chronik_metastore::snapshot_store::SnapshotStore;
 use chronik_metastore::state_machine::{ApplyState, StateMachine};
 use chronik_metastore::types::Vote;
 use chronik_metastore::types::{GroupId, NodeId, Raft, METADATA_GROUP};
 use chronik_metastore::wal::{Wal, WalConfig, WalError};
 use chronik_tiering::Bucket;
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use snapshots::NodeSnapshots;
@@ -92,6 +99,11 @@ pub struct NodeConfig {
     pub snapshots_kept: usize,
     /// The cluster incarnation that owns the bucket (see [`fencing`]).
     pub incarnation: String,
+    /// `--peers`: every node of the cluster (this one included), by id; empty for a
+    /// single node.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Where this node's Raft transport listens (`--raft-addr`).
+    pub raft_addr: Option<String>,
 }
 
 /// A running node: its WAL, its metadata group, and what it needs to start more groups.
@@ -103,13 +115,20 @@ pub struct Node {
     pub metadata: watch::Receiver<Arc<ClusterMetadata>>,
     pub snapshots: Arc<NodeSnapshots>,
     pub bucket: Bucket,
+    pub transport: Arc<Transport>,
+    /// Voters of the node-wide groups (metadata, offsets) when they are initialised.
+    voters: BTreeMap<NodeId, BasicNode>,
     raft_config: Arc<openraft::Config>,
     snapshot_interval: Duration,
 }
 
 impl Node {
-    /// Opens the WAL, starts the metadata group and waits until it has a leader.
-    pub async fn start(config: NodeConfig) -> Result<Node, BootstrapError> {
+    /// Opens the WAL, starts the transport (serving on `raft_listener`) and the metadata
+    /// group, and waits until the metadata group has a leader.
+    pub async fn start(
+        config: NodeConfig,
+        raft_listener: Option<tokio::net::TcpListener>,
+    ) -> Result<Node, BootstrapError> {
         let wal_config = config.wal.clone();
         let dir = wal_config.dir.clone();
         let wal = tokio::task::spawn_blocking(move || Wal::open(wal_config))
@@ -144,15 +163,47 @@ impl Node {
             config.incarnation.clone(),
         ));
         let snapshot_interval = Duration::from_millis(config.snapshot_interval_ms.max(10));
+        let transport = Transport::new(
+            config.node_id,
+            config.incarnation.clone(),
+            config.peers.clone(),
+        );
+        if let Some(listener) = raft_listener {
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                if let Err(err) = server::serve(listener, transport).await {
+                    tracing::error!(%err, "raft transport stopped");
+                }
+            });
+        }
+        if config.peers.len() > 1 {
+            let uploader = transport.clone();
+            snapshots.set_upload_filter(Arc::new(move |group| uploader.is_leader(group)));
+        }
         spawn_upload_retries(&snapshots, snapshot_interval);
+        let voters: BTreeMap<NodeId, BasicNode> = if config.peers.len() > 1 {
+            config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect()
+        } else {
+            BTreeMap::from([(
+                config.node_id,
+                BasicNode::new(config.raft_addr.clone().unwrap_or_default()),
+            )])
+        };
         let (state, metadata) = MetadataState::new();
+        let initial = (voters.keys().next() == Some(&config.node_id)).then(|| voters.clone());
         let metadata_raft = start_group(
             config.node_id,
             &wal,
             &raft_config,
             &snapshots,
+            &transport,
             METADATA_GROUP,
             StateMachine::new(state),
+            initial,
         )
         .await?;
         spawn_snapshotter(metadata_raft.clone(), snapshot_interval);
@@ -163,13 +214,16 @@ impl Node {
             metadata,
             snapshots,
             bucket: config.bucket.clone(),
+            transport,
+            voters,
             raft_config,
             snapshot_interval,
         };
-        let timeout = Duration::from_secs(30);
-        wait_leader(&node.metadata_raft, timeout)
-            .await
-            .ok_or(BootstrapError::NoLeader(timeout))?;
+        node.serve_joins();
+        let timeout = Duration::from_secs(60);
+        if !node.join_metadata(&config, timeout).await {
+            return Err(BootstrapError::NoLeader(timeout));
+        }
         // Everything recovered from the WAL is applied before the node serves metadata.
         let last_log = node.metadata_raft.metrics().borrow().last_log_index;
         node.metadata_raft
@@ -184,21 +238,146 @@ impl Node {
     }
 
     /// Starts (or recovers) one Raft group with the given state machine. A group with no
-    /// membership yet is initialised with this node as its only voter.
+    /// state yet is initialised with `initial` as its voters, when given; otherwise it
+    /// waits to be contacted by the group's leader.
     pub async fn start_group<A: ApplyState>(
         &self,
         group: GroupId,
         state_machine: StateMachine<A>,
+        initial: Option<BTreeMap<NodeId, BasicNode>>,
     ) -> Result<Raft, BootstrapError> {
         start_group(
             self.node_id,
             &self.wal,
             &self.raft_config,
             &self.snapshots,
+            &self.transport,
             group,
             state_machine,
+            initial,
         )
         .await
+    }
+
+    /// The voters a node-wide group (metadata, offsets) is initialised with, if this node
+    /// is the one that initialises them (the lowest id of the peer list).
+    pub fn node_wide_voters(&self) -> Option<BTreeMap<NodeId, BasicNode>> {
+        (self.voters.keys().next() == Some(&self.node_id)).then(|| self.voters.clone())
+    }
+
+    /// Whether this node is a voter of the metadata group (and so of the offsets group):
+    /// false for a node added to a running cluster, which follows as a learner.
+    pub fn is_metadata_voter(&self) -> bool {
+        let m = self.metadata_raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.node_id)
+    }
+
+    /// The membership of a partition group created with `replicas`, if this node is the
+    /// one to initialise it (the first of them).
+    pub fn partition_voters(&self, replicas: &[NodeId]) -> Option<BTreeMap<NodeId, BasicNode>> {
+        if replicas.first() != Some(&self.node_id) {
+            return None;
+        }
+        Some(
+            replicas
+                .iter()
+                .map(|id| {
+                    let addr = self.transport.address(*id, None).unwrap_or_default();
+                    (*id, BasicNode::new(addr))
+                })
+                .collect(),
+        )
+    }
+
+    /// Stops a group and stops routing RPCs to it.
+    pub async fn stop_group(&self, group: GroupId, raft: &Raft) {
+        self.transport.unregister(group);
+        let _ = raft.shutdown().await;
+    }
+
+    /// Answers other nodes' requests to follow the metadata group: the leader adds them as
+    /// learners, anyone else forwards the request to the leader.
+    fn serve_joins(&self) {
+        let raft = self.metadata_raft.clone();
+        let transport = Arc::downgrade(&self.transport);
+        self.transport.set_join_handler(Arc::new(move |node, addr| {
+            let raft = raft.clone();
+            let transport = transport.clone();
+            Box::pin(async move {
+                let (state, leader, known) = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    (
+                        m.state,
+                        m.current_leader,
+                        m.membership_config.membership().get_node(&node).is_some(),
+                    )
+                };
+                if known {
+                    return Ok(());
+                }
+                if state == ServerState::Leader {
+                    tracing::info!(node, %addr, "adding node as a learner of the metadata group");
+                    return raft
+                        .add_learner(node, BasicNode::new(addr), false)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                }
+                let (Some(leader), Some(transport)) = (leader, transport.upgrade()) else {
+                    return Err("the metadata group has no leader yet".to_string());
+                };
+                transport
+                    .join(leader, node, &addr)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    }
+
+    /// Waits until the metadata group has a leader. A node the group does not know (new to
+    /// a running cluster) asks its peers to add it as a learner meanwhile.
+    async fn join_metadata(&self, config: &NodeConfig, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut asked = false;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return false;
+            }
+            let step = remaining.min(Duration::from_secs(2));
+            if wait_leader(&self.metadata_raft, step).await.is_some() {
+                let m = self.metadata_raft.metrics().borrow().clone();
+                if m.membership_config
+                    .membership()
+                    .get_node(&self.node_id)
+                    .is_some()
+                {
+                    return true;
+                }
+            }
+            let Some(addr) = config.raft_addr.as_deref() else {
+                continue;
+            };
+            for peer in config.peers.keys().filter(|p| **p != self.node_id) {
+                match self.transport.join(*peer, self.node_id, addr).await {
+                    Ok(()) => {
+                        if !asked {
+                            tracing::info!(via = peer, "asked the cluster to add this node");
+                        }
+                        asked = true;
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::info!(peer, %err, "waiting for the cluster's metadata leader")
+                    }
+                }
+            }
+        }
     }
 
     /// Snapshots `raft` every snapshot interval in which it applied new entries, letting
@@ -207,24 +386,33 @@ impl Node {
         spawn_snapshotter(raft.clone(), self.snapshot_interval);
     }
 
-    /// Proposes a metadata command and returns its applied result.
+    /// Proposes a metadata command through the metadata leader (forwarded when this node
+    /// is not it) and returns its applied result.
     pub async fn propose_metadata(
         &self,
         command: &MetadataCommand,
     ) -> Result<MetadataResponse, BootstrapError> {
         match self
-            .metadata_raft
-            .client_write(encode_command(command))
+            .transport
+            .propose(&self.metadata_raft, METADATA_GROUP, encode_command(command))
             .await
         {
-            Ok(resp) => Ok(decode_response(&resp.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(BootstrapError::Propose(format!(
-                    "not the metadata leader (leader: {:?})",
-                    f.leader_id
-                )))
-            }
+            Ok(resp) => Ok(decode_response(&resp)),
+            Err(ProposeError::NotLeader(leader)) => Err(BootstrapError::Propose(format!(
+                "the metadata group has no reachable leader (last known: {leader:?})"
+            ))),
             Err(e) => Err(BootstrapError::Propose(e.to_string())),
+        }
+    }
+
+    /// The metadata group's leader (the controller Kafka clients are told of), if known.
+    pub fn metadata_leader(&self) -> Option<NodeId> {
+        let m = self.metadata_raft.metrics();
+        let m = m.borrow();
+        if m.state == ServerState::Leader {
+            Some(m.id)
+        } else {
+            m.current_leader
         }
     }
 
@@ -235,17 +423,20 @@ impl Node {
 
     /// Shuts down the metadata group (partition groups are shut down by their owner).
     pub async fn shutdown(&self) {
-        let _ = self.metadata_raft.shutdown().await;
+        self.stop_group(METADATA_GROUP, &self.metadata_raft).await;
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_group<A: ApplyState>(
     node_id: NodeId,
     wal: &Wal,
     raft_config: &Arc<openraft::Config>,
     snapshots: &Arc<NodeSnapshots>,
+    transport: &Arc<Transport>,
     group: GroupId,
     state_machine: StateMachine<A>,
+    initial: Option<BTreeMap<NodeId, BasicNode>>,
 ) -> Result<Raft, BootstrapError> {
     let raft_err = |message: String| BootstrapError::Raft { group, message };
     let store: Arc<dyn SnapshotStore> = snapshots.clone();
@@ -269,18 +460,18 @@ async fn start_group<A: ApplyState>(
     let raft = Raft::new(
         node_id,
         raft_config.clone(),
-        PeerNetwork::new(group),
+        transport.network(group),
         log_store,
         state_machine,
     )
     .await
     .map_err(|e| raft_err(e.to_string()))?;
+    transport.register(group, raft.clone());
     let initialized = raft
         .is_initialized()
         .await
         .map_err(|e| raft_err(e.to_string()))?;
-    if !initialized {
-        let members = BTreeMap::from([(node_id, BasicNode::default())]);
+    if let (false, Some(members)) = (initialized, initial) {
         match raft.initialize(members).await {
             Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
             Err(e) => return Err(raft_err(e.to_string())),

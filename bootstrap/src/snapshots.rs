@@ -55,7 +55,13 @@ pub struct NodeSnapshots {
     pending_uploads: std::sync::Mutex<BTreeMap<GroupId, (u64, Bytes)>>,
     /// Wakes the uploader when a snapshot is queued.
     upload_wanted: tokio::sync::Notify,
+    /// Which groups' snapshots this node uploads: in a cluster, only the group's leader
+    /// does (every replica holds the same state); unset, every group's.
+    upload_filter: std::sync::OnceLock<UploadFilter>,
 }
+
+/// Says whether this node should upload a group's snapshots now.
+pub type UploadFilter = Arc<dyn Fn(GroupId) -> bool + Send + Sync>;
 
 fn local_file(dir: &Path, group: GroupId) -> PathBuf {
     dir.join(format!("group-{group:020}.snap"))
@@ -83,7 +89,16 @@ impl NodeSnapshots {
             stats: Arc::new(SnapshotStats::default()),
             pending_uploads: Default::default(),
             upload_wanted: tokio::sync::Notify::new(),
+            upload_filter: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_upload_filter(&self, filter: UploadFilter) {
+        let _ = self.upload_filter.set(filter);
+    }
+
+    fn uploads(&self, group: GroupId) -> bool {
+        self.upload_filter.get().is_none_or(|f| f(group))
     }
 
     /// Uploads, and records the outcome: a failure is kept for a retry, a success drops
@@ -232,7 +247,7 @@ impl SnapshotStore for NodeSnapshots {
             // The local copy makes the snapshot durable, which is all the log purge needs;
             // the bucket copy is uploaded in the background, so a slow bucket never stalls
             // the group's state machine (openraft applies and snapshots on one task).
-            {
+            if self.uploads(group) {
                 let mut pending = self
                     .pending_uploads
                     .lock()

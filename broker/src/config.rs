@@ -1,6 +1,7 @@
 //! Node configuration: built-in defaults → `chronik.toml` (`--config`) → `CHRONIK_*`
 //! environment → command-line flags, merged with figment.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,7 +25,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `file://…`, `s3://bucket/prefix`, `gs://…`, `az://…`; default `<data_dir>/bucket`.
     pub bucket: Option<String>,
+    /// Where the Raft transport listens; defaults to this node's entry in `peers`.
     pub raft_addr: Option<String>,
+    /// Every node of a cluster: `ID@HOST:PORT,…` (Raft addresses), this node included.
     pub peers: Option<String>,
     /// Create topics on first Metadata or Produce reference (`auto.create.topics.enable`).
     pub auto_create_topics: bool,
@@ -164,20 +167,40 @@ impl Config {
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             bail!("group-min-session-timeout-ms must not exceed group-max-session-timeout-ms");
         }
-        if let Some(peers) = &self.peers {
-            let others: Vec<&str> = peers
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty() && !p.starts_with(&format!("{}@", self.node_id)))
-                .collect();
-            if !others.is_empty() {
-                bail!(
-                    "multi-node clusters (--peers with other nodes: {}) are not available yet; run a single node",
-                    others.join(",")
-                );
-            }
-        }
+        self.cluster()?;
         Ok(())
+    }
+
+    /// The peer list (empty for a single node) and this node's Raft address, checked for
+    /// consistency: the node is in its own list, at its own `raft_addr`.
+    pub fn cluster(&self) -> anyhow::Result<(BTreeMap<u64, String>, Option<String>)> {
+        let peers = match &self.peers {
+            Some(spec) => chronik_metastore::network::parse_peers(spec)
+                .map_err(|e| anyhow::anyhow!("--peers: {e}"))?,
+            None => BTreeMap::new(),
+        };
+        if peers.is_empty() {
+            if let Some(addr) = &self.raft_addr {
+                parse_addr("raft-addr", addr)?;
+            }
+            return Ok((peers, self.raft_addr.clone()));
+        }
+        let Some(mine) = peers.get(&self.node_id) else {
+            bail!(
+                "--node-id {} is not in --peers ({}); list every node, this one included, as ID@HOST:PORT",
+                self.node_id,
+                peers.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
+            );
+        };
+        let raft_addr = self.raft_addr.clone().unwrap_or_else(|| mine.clone());
+        parse_addr("raft-addr", &raft_addr)?;
+        if &raft_addr != mine {
+            bail!(
+                "--raft-addr {raft_addr} differs from this node's entry in --peers ({}@{mine}); they must be the same address",
+                self.node_id
+            );
+        }
+        Ok((peers, Some(raft_addr)))
     }
 
     pub fn tier_config(&self) -> crate::tiering::TierConfig {

@@ -25,6 +25,7 @@ pub mod code {
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
     pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const POLICY_VIOLATION: i16 = 44;
@@ -70,7 +71,10 @@ pub fn batch_error_code(e: &BatchError) -> i16 {
 pub fn metadata_error_code(e: &MetadataError) -> i16 {
     match e {
         MetadataError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
-        MetadataError::UnknownTopic(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+        MetadataError::UnknownTopic(_) | MetadataError::UnknownPartition(..) => {
+            code::UNKNOWN_TOPIC_OR_PARTITION
+        }
+        MetadataError::InvalidReplicas(_) => code::INVALID_REPLICA_ASSIGNMENT,
         MetadataError::Malformed(_) => code::INVALID_REQUEST,
     }
 }

@@ -29,8 +29,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("bind --http-addr {http_addr} (is another broker running?)"))?;
+    let raft = match config.cluster()?.1 {
+        Some(addr) => {
+            let raft_addr = parse_addr("raft-addr", &addr)?;
+            Some(TcpListener::bind(raft_addr).await.with_context(|| {
+                format!("bind --raft-addr {raft_addr} (is another broker running?)")
+            })?)
+        }
+        None => None,
+    };
 
-    let broker = open(config).await?;
+    let broker = open_with(config, raft).await?;
     let (node, partitions) = (broker.node.clone(), broker.partitions.clone());
     let groups = broker.groups.clone();
     tracing::info!(
@@ -65,7 +74,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Opens the node's local state and starts its partitions: everything of a broker but the
 /// listeners. Tests use it to drive handlers directly.
 pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
+    open_with(config, None).await
+}
+
+/// [`open`], serving the Raft transport on `raft_listener`.
+pub async fn open_with(
+    config: Config,
+    raft_listener: Option<TcpListener>,
+) -> anyhow::Result<Arc<Broker>> {
     let advertised = config.advertised()?;
+    let (peers, raft_addr) = config.cluster()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create --data-dir {}", config.data_dir.display()))?;
     let bucket_url = match &config.bucket {
@@ -80,9 +98,16 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
         lease_interval: Duration::from_millis(config.lease_interval_ms.max(10)),
         lease_timeout: Duration::from_millis(config.lease_timeout_ms),
     };
-    let incarnation = claim_bucket(&bucket, &config.data_dir, config.node_id, &fencing)
-        .await
-        .context("claim the bucket")?;
+    let clustered = peers.len() > 1;
+    let incarnation = claim_bucket(
+        &bucket,
+        &config.data_dir,
+        config.node_id,
+        clustered,
+        &fencing,
+    )
+    .await
+    .context("claim the bucket")?;
     spawn_lease(
         bucket.clone(),
         incarnation.incarnation.clone(),
@@ -90,24 +115,29 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
         fencing.lease_interval,
     );
 
-    let node = Node::start(NodeConfig {
-        node_id: config.node_id,
-        wal: WalConfig {
-            dir: config.data_dir.join("wal"),
-            segment_bytes: config.wal_segment_bytes,
-            fsync: config.fsync_policy()?,
+    let node = Node::start(
+        NodeConfig {
+            node_id: config.node_id,
+            wal: WalConfig {
+                dir: config.data_dir.join("wal"),
+                segment_bytes: config.wal_segment_bytes,
+                fsync: config.fsync_policy()?,
+            },
+            raft: RaftTimings {
+                heartbeat_interval_ms: config.raft_heartbeat_interval_ms,
+                election_timeout_min_ms: config.raft_election_timeout_min_ms,
+                election_timeout_max_ms: config.raft_election_timeout_max_ms,
+            },
+            snapshot_dir: config.data_dir.join("snapshots"),
+            bucket: bucket.clone(),
+            snapshot_interval_ms: config.snapshot_interval_ms,
+            snapshots_kept: config.snapshots_kept,
+            incarnation: incarnation.incarnation.clone(),
+            peers,
+            raft_addr: raft_addr.clone(),
         },
-        raft: RaftTimings {
-            heartbeat_interval_ms: config.raft_heartbeat_interval_ms,
-            election_timeout_min_ms: config.raft_election_timeout_min_ms,
-            election_timeout_max_ms: config.raft_election_timeout_max_ms,
-        },
-        snapshot_dir: config.data_dir.join("snapshots"),
-        bucket: bucket.clone(),
-        snapshot_interval_ms: config.snapshot_interval_ms,
-        snapshots_kept: config.snapshots_kept,
-        incarnation: incarnation.incarnation.clone(),
-    })
+        raft_listener,
+    )
     .await
     .context("start node")?;
 
@@ -122,6 +152,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
         node_id: config.node_id,
         host: advertised.0.clone(),
         port: advertised.1,
+        raft_addr,
     };
     if meta.brokers.get(&config.node_id) != Some(&me) {
         node.propose_metadata(&MetadataCommand::RegisterBroker(me))

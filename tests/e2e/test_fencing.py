@@ -22,7 +22,7 @@ def run_to_exit(broker, timeout=30):
 
 
 def lease_age_ms(bucket_dir) -> float:
-    lease = json.loads((bucket_dir / "cluster" / "lease.json").read_text())
+    lease = json.loads((bucket_dir / "cluster" / "leases" / "node-1.json").read_text())
     return time.time() * 1000 - lease["heartbeat_unix_ms"]
 
 

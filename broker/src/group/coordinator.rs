@@ -132,10 +132,17 @@ impl Coordinator {
     ) -> Result<Arc<Coordinator>, BootstrapError> {
         let sm = StateMachine::new(OffsetsState::default());
         let offsets = sm.state();
-        let raft = node.start_group(OFFSETS_GROUP, sm).await?;
+        let raft = node
+            .start_group(OFFSETS_GROUP, sm, node.node_wide_voters())
+            .await?;
         // Committed offsets are wholly in the snapshot: snapshot them and purge the WAL.
         node.spawn_snapshotter(&raft);
         let timeout = Duration::from_secs(30);
+        if !node.is_metadata_voter() {
+            // A node added to a running cluster does not replicate the offsets group; it
+            // never coordinates groups, so there is nothing to recover.
+            return Ok(Self::new(node, config, raft, offsets));
+        }
         wait_leader(&raft, timeout)
             .await
             .ok_or(BootstrapError::NoLeader(timeout))?;
@@ -147,14 +154,34 @@ impl Coordinator {
                 group: OFFSETS_GROUP,
                 message: e.to_string(),
             })?;
-        Ok(Arc::new(Coordinator {
+        Ok(Self::new(node, config, raft, offsets))
+    }
+
+    fn new(
+        node: &Node,
+        config: GroupConfig,
+        raft: Raft,
+        offsets: Arc<RwLock<OffsetsState>>,
+    ) -> Arc<Coordinator> {
+        Arc::new(Coordinator {
             node_id: node.node_id,
             config,
             groups: RwLock::new(HashMap::new()),
             raft,
             offsets,
             counters: Arc::new(Counters::default()),
-        }))
+        })
+    }
+
+    /// The node that coordinates groups now (the offsets group's leader), if known.
+    pub fn coordinator_node(&self) -> Option<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state == ServerState::Leader {
+            Some(m.id)
+        } else {
+            m.current_leader
+        }
     }
 
     pub async fn shutdown(&self) {

@@ -56,6 +56,12 @@ impl Broker {
         } else {
             vec![req.key]
         };
+        let coordinator = self.groups.coordinator_node().and_then(|n| {
+            let meta = self.node.cluster();
+            meta.brokers
+                .get(&n)
+                .map(|b| (n as i32, b.host.clone(), b.port as i32))
+        });
         let answer = |key_type: i8| -> (i16, i32, String, i32) {
             match key_type {
                 KEY_TYPE_GROUP if self.groups.is_coordinator() => (
@@ -64,6 +70,10 @@ impl Broker {
                     self.advertised.0.clone(),
                     self.advertised.1 as i32,
                 ),
+                KEY_TYPE_GROUP if coordinator.is_some() => {
+                    let (node, host, port) = coordinator.clone().unwrap_or_default();
+                    (code::NONE, node, host, port)
+                }
                 KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION => {
                     (code::COORDINATOR_NOT_AVAILABLE, -1, String::new(), -1)
                 }

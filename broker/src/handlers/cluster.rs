@@ -57,7 +57,7 @@ impl Broker {
         if version >= 2 {
             resp.cluster_id = meta.cluster_id.clone().map(str_bytes);
         }
-        resp.controller_id = BrokerId(self.node.node_id as i32);
+        resp.controller_id = self.controller_id();
         resp.brokers = meta
             .brokers
             .values()
@@ -89,20 +89,14 @@ impl Broker {
                         let mut mp = MetadataResponsePartition::default();
                         mp.partition_index = i as i32;
                         mp.replica_nodes = p.replicas.iter().map(|r| BrokerId(*r as i32)).collect();
-                        match self.partitions.get(&name, i as i32) {
-                            Some(part) => match part.leader() {
-                                Some(leader) => {
-                                    mp.leader_id = BrokerId(leader as i32);
-                                    if version >= 7 {
-                                        mp.leader_epoch = part.leader_epoch();
-                                    }
-                                    mp.isr_nodes = mp.replica_nodes.clone();
+                        match self.partitions.leader_of(&name, i as i32) {
+                            Some((leader, epoch)) => {
+                                mp.leader_id = BrokerId(leader as i32);
+                                if version >= 7 {
+                                    mp.leader_epoch = epoch;
                                 }
-                                None => {
-                                    mp.error_code = code::LEADER_NOT_AVAILABLE;
-                                    mp.leader_id = BrokerId(-1);
-                                }
-                            },
+                                mp.isr_nodes = self.in_sync(&name, i as i32, &p.replicas);
+                            }
                             None => {
                                 mp.error_code = code::LEADER_NOT_AVAILABLE;
                                 mp.leader_id = BrokerId(-1);
@@ -117,11 +111,40 @@ impl Broker {
         ResponseKind::Metadata(resp)
     }
 
+    /// The controller clients are told of: the metadata group's leader.
+    fn controller_id(&self) -> BrokerId {
+        BrokerId(self.node.metadata_leader().map(|l| l as i32).unwrap_or(-1))
+    }
+
+    /// The replicas of a partition that are in sync, as far as this node can tell: on the
+    /// leader, the voters whose log matches the leader's commit; elsewhere, every replica.
+    pub(crate) fn in_sync(&self, topic: &str, index: i32, replicas: &[u64]) -> Vec<BrokerId> {
+        let all = || replicas.iter().map(|r| BrokerId(*r as i32)).collect();
+        let Some(p) = self.partitions.get(topic, index) else {
+            return all();
+        };
+        let m = p.raft.metrics().borrow().clone();
+        let Some(progress) = m.replication.as_ref() else {
+            return all();
+        };
+        let committed = m.last_applied.map(|l| l.index);
+        replicas
+            .iter()
+            .filter(|r| {
+                **r == m.id
+                    || progress
+                        .get(r)
+                        .is_some_and(|l| l.map(|l| l.index) >= committed)
+            })
+            .map(|r| BrokerId(*r as i32))
+            .collect()
+    }
+
     pub(crate) fn describe_cluster(&self, _req: DescribeClusterRequest) -> ResponseKind {
         let meta = self.node.cluster();
         let mut resp = DescribeClusterResponse::default();
         resp.cluster_id = str_bytes(meta.cluster_id.clone().unwrap_or_default());
-        resp.controller_id = BrokerId(self.node.node_id as i32);
+        resp.controller_id = self.controller_id();
         resp.endpoint_type = 1;
         resp.cluster_authorized_operations = i32::MIN;
         resp.brokers = meta

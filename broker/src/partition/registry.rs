@@ -1,19 +1,25 @@
 //! The partition groups running on this node, kept in step with the cluster metadata.
 //!
-//! A reconcile loop watches the metadata group: partitions assigned to this node get a Raft
-//! group started (recovering from the WAL when it has state), partitions of deleted topics
-//! get their group shut down and a tombstone written to the WAL.
+//! A reconcile loop watches the metadata group (and ticks every second): partitions
+//! assigned to this node get a Raft group started (recovering from the WAL when it has
+//! state, else from the newest snapshot in the bucket), partitions of deleted topics get
+//! their group shut down and a tombstone written to the WAL. A replica moved away keeps
+//! running until the partition's leader has taken it out of the Raft membership.
+//!
+//! The same loop does the leader's share of cluster upkeep: a partition leader announces
+//! itself in the metadata (for nodes that do not replicate the partition) and moves the
+//! Raft membership to the replica list the metadata asks for (reassignment).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use openraft::ServerState;
+use openraft::{BasicNode, ServerState};
 use parking_lot::RwLock;
 
 use chronik_bootstrap::{BootstrapError, Node};
-use chronik_metastore::metadata::ClusterMetadata;
+use chronik_metastore::metadata::{ClusterMetadata, MetadataCommand, PartitionMeta};
 use chronik_metastore::state_machine::StateMachine;
 use chronik_metastore::types::{GroupId, NodeId, Raft, FIRST_PARTITION_GROUP};
 
@@ -30,6 +36,8 @@ pub struct Partition {
     pub log: Arc<RwLock<PartitionLog>>,
     pub topic_id: uuid::Uuid,
     tier: Arc<Tier>,
+    /// A membership change is under way (only one at a time).
+    moving: std::sync::atomic::AtomicBool,
 }
 
 impl Partition {
@@ -47,6 +55,17 @@ impl Partition {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.state == ServerState::Leader && m.id == node
+    }
+
+    /// Voters and learners of the partition's Raft group now.
+    pub fn membership(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().collect(),
+            membership.learner_ids().collect(),
+        )
     }
 
     /// The leader epoch clients see: the current Raft term.
@@ -177,38 +196,55 @@ impl Registry {
     /// Starts and stops groups until the running set matches `meta`.
     pub async fn reconcile(&self, meta: &ClusterMetadata) -> Result<(), BootstrapError> {
         let node_id = self.node.node_id;
-        let mut wanted: HashMap<(String, i32), GroupId> = HashMap::new();
+        for b in meta.brokers.values() {
+            if let Some(addr) = &b.raft_addr {
+                self.node.transport.learn_address(b.node_id, addr);
+            }
+        }
+        let mut wanted: HashMap<(String, i32), PartitionMeta> = HashMap::new();
+        let mut existing: HashMap<GroupId, ()> = HashMap::new();
         let mut topic_ids: HashMap<String, uuid::Uuid> = HashMap::new();
         for (name, topic) in &meta.topics {
             topic_ids.insert(name.clone(), topic.id);
             for (i, p) in topic.partitions.iter().enumerate() {
+                existing.insert(p.group, ());
                 if p.replicas.contains(&node_id) {
-                    wanted.insert((name.clone(), i as i32), p.group);
+                    wanted.insert((name.clone(), i as i32), p.clone());
                 }
             }
         }
         let stale: Vec<Arc<Partition>> = {
             let map = self.partitions.read();
             map.iter()
-                .filter(|(k, p)| wanted.get(*k) != Some(&p.group))
+                .filter(|(k, p)| wanted.get(*k).map(|w| w.group) != Some(p.group))
+                // A replica moved away serves until the leader removed it from the group.
+                .filter(|(_, p)| {
+                    !existing.contains_key(&p.group) || {
+                        let (voters, learners) = p.membership();
+                        !voters.contains(&node_id) && !learners.contains(&node_id)
+                    }
+                })
                 .map(|(_, p)| p.clone())
                 .collect()
         };
         for p in stale {
             self.partitions.write().remove(&(p.topic.clone(), p.index));
-            let _ = p.raft.shutdown().await;
+            self.node.stop_group(p.group, &p.raft).await;
             if let Err(err) = self.node.wal.drop_group(p.group).await {
                 tracing::warn!(group = p.group, %err, "drop deleted partition's wal state");
             }
             tracing::info!(topic = %p.topic, partition = p.index, group = p.group, "partition stopped");
         }
-        for ((topic, index), group) in wanted {
+        for ((topic, index), pm) in wanted {
             if self.partitions.read().contains_key(&(topic.clone(), index)) {
                 continue;
             }
             let sm = StateMachine::new(PartitionLog::default());
             let log = sm.state();
-            let raft = self.node.start_group(group, sm).await?;
+            let raft = self
+                .node
+                .start_group(pm.group, sm, self.node.partition_voters(pm.creators()))
+                .await?;
             // No periodic snapshotter: a partition snapshots right after each tiering step
             // (tiering::Tier), when its untiered tail — which the snapshot carries — is
             // smallest. Until then its WAL entries hold the tail.
@@ -216,31 +252,78 @@ impl Registry {
                 topic_id: topic_ids.get(&topic).copied().unwrap_or_default(),
                 topic: topic.clone(),
                 index,
-                group,
+                group: pm.group,
                 raft,
                 log,
                 tier: self.tier.clone(),
+                moving: Default::default(),
             });
             self.partitions.write().insert((topic, index), partition);
         }
         // Groups in the WAL that no topic owns any more (deleted while we were down).
-        let known: Vec<GroupId> = meta
-            .topics
-            .values()
-            .flat_map(|t| t.partitions.iter().map(|p| p.group))
-            .collect();
         for group in self.node.wal.groups() {
             // Groups below FIRST_PARTITION_GROUP (metadata, offsets) are not partitions.
-            if group >= FIRST_PARTITION_GROUP && !known.contains(&group) {
+            if group >= FIRST_PARTITION_GROUP && !existing.contains_key(&group) {
                 if let Err(err) = self.node.wal.drop_group(group).await {
                     tracing::warn!(group, %err, "drop orphaned wal group");
                 }
             }
         }
+        self.lead(meta);
         Ok(())
     }
 
-    /// Follows metadata changes for the life of the node.
+    /// The leader's upkeep of each partition it leads: announce itself in the metadata,
+    /// and move the Raft membership towards the replicas the metadata asks for.
+    fn lead(&self, meta: &ClusterMetadata) {
+        let node_id = self.node.node_id;
+        for p in self.all().into_iter().filter(|p| p.is_leader(node_id)) {
+            let Some(pm) = meta
+                .topics
+                .get(&p.topic)
+                .and_then(|t| t.partitions.get(p.index as usize))
+            else {
+                continue;
+            };
+            let term = p.raft.metrics().borrow().current_term;
+            if pm.leader != Some((node_id, term)) {
+                let node = self.node.clone();
+                let cmd = MetadataCommand::PartitionLeader {
+                    group: p.group,
+                    leader: node_id,
+                    epoch: term,
+                };
+                tokio::spawn(async move {
+                    if let Err(err) = node.propose_metadata(&cmd).await {
+                        tracing::debug!(%err, "announce partition leader");
+                    }
+                });
+            }
+            let (voters, _) = p.membership();
+            let mut want = pm.replicas.clone();
+            want.sort_unstable();
+            if voters == want || p.moving.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                continue;
+            }
+            let addresses: Vec<(NodeId, String)> = want
+                .iter()
+                .map(|n| {
+                    (
+                        *n,
+                        self.node.transport.address(*n, None).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            tokio::spawn(async move {
+                if let Err(err) = move_replicas(&p, &voters, addresses).await {
+                    tracing::warn!(topic = %p.topic, partition = p.index, %err, "reassignment step failed; retrying");
+                }
+                p.moving.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+    }
+
+    /// Follows metadata changes (and leadership, every second) for the life of the node.
     pub fn spawn_reconciler(self: &Arc<Self>) {
         let registry = self.clone();
         let mut rx = self.node.metadata.clone();
@@ -252,19 +335,35 @@ impl Registry {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                if rx.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         });
+    }
+
+    /// The leader of a partition and its epoch: from the local replica's Raft group when
+    /// this node replicates it, else as the leader last announced it in the metadata.
+    pub fn leader_of(&self, topic: &str, index: i32) -> Option<(NodeId, i32)> {
+        if let Some(p) = self.get(topic, index) {
+            let (voters, _) = p.membership();
+            if voters.contains(&self.node.node_id) {
+                return p.leader().map(|l| (l, p.leader_epoch()));
+            }
+        }
+        let meta = self.node.cluster();
+        let pm = meta.topics.get(topic)?.partitions.get(index as usize)?;
+        pm.leader
+            .filter(|(l, _)| pm.replicas.contains(l) || self.get(topic, index).is_some())
+            .map(|(l, e)| (l, e as i32))
     }
 
     /// Waits until `topic` has all `partitions` running with a leader, or the timeout.
     pub async fn wait_ready(&self, topic: &str, partitions: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let ready = (0..partitions as i32)
-                .all(|i| self.get(topic, i).is_some_and(|p| p.leader().is_some()));
+            let ready = (0..partitions as i32).all(|i| self.leader_of(topic, i).is_some());
             if ready {
                 return true;
             }
@@ -277,7 +376,32 @@ impl Registry {
 
     pub async fn shutdown(&self) {
         for p in self.all() {
-            let _ = p.raft.shutdown().await;
+            self.node.stop_group(p.group, &p.raft).await;
         }
     }
+}
+
+/// One step of a reassignment, run by the partition's leader: new replicas join as
+/// learners (each restores the newest snapshot from the bucket and receives only the tail
+/// over Raft) and, once caught up, the voters are replaced in one joint-consensus change.
+async fn move_replicas(
+    p: &Partition,
+    voters: &[NodeId],
+    want: Vec<(NodeId, String)>,
+) -> Result<(), String> {
+    for (node, addr) in want.iter().filter(|(n, _)| !voters.contains(n)) {
+        tracing::info!(topic = %p.topic, partition = p.index, node, "adding replica");
+        // Blocks until the learner has caught up with the leader's log.
+        p.raft
+            .add_learner(*node, BasicNode::new(addr), true)
+            .await
+            .map_err(|e| format!("add node {node} as learner: {e}"))?;
+    }
+    let members: std::collections::BTreeSet<NodeId> = want.iter().map(|(n, _)| *n).collect();
+    p.raft
+        .change_membership(members.clone(), false)
+        .await
+        .map_err(|e| format!("change voters to {members:?}: {e}"))?;
+    tracing::info!(topic = %p.topic, partition = p.index, voters = ?members, "replicas moved");
+    Ok(())
 }

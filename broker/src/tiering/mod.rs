@@ -188,6 +188,19 @@ impl Tier {
                 tiered
             });
         }
+        // Followers do not tier, but their WAL must not grow either: once the leader's
+        // chunks are in their manifest, a snapshot (manifest + the short tail) lets them
+        // purge it, as the leader does after each step.
+        for p in registry.all().into_iter().filter(|p| !p.is_leader(node_id)) {
+            let (applied, snapshot) = {
+                let m = p.raft.metrics();
+                let m = m.borrow();
+                (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+            };
+            if applied > snapshot {
+                let _ = p.raft.trigger().snapshot().await;
+            }
+        }
         let mut results: Vec<Result<bool, String>> = Vec::new();
         while let Some(r) = tasks.join_next().await {
             results.push(r.unwrap_or_else(|e| Err(format!("tiering task: {e}"))));

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::state::BrokerInfo;
-use crate::types::NodeId;
+use crate::types::{GroupId, NodeId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataCommand {
@@ -42,6 +42,19 @@ pub enum MetadataCommand {
     AllocateProducerIds {
         count: i64,
     },
+    /// A partition's Raft leader announces itself, so that nodes which do not replicate
+    /// the partition can route clients to it. Ignored when older than what is recorded.
+    PartitionLeader {
+        group: GroupId,
+        leader: NodeId,
+        epoch: u64,
+    },
+    /// Moves a partition to `replicas`; its leader changes the Raft membership to match.
+    ReassignPartition {
+        name: String,
+        partition: i32,
+        replicas: Vec<NodeId>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +70,10 @@ pub enum MetadataError {
     TopicExists(String),
     #[error("topic {0} does not exist")]
     UnknownTopic(String),
+    #[error("topic {0} has no partition {1}")]
+    UnknownPartition(String, i32),
+    #[error("{0}")]
+    InvalidReplicas(String),
     #[error("malformed metadata command: {0}")]
     Malformed(String),
 }

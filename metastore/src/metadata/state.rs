@@ -13,13 +13,34 @@ pub struct BrokerInfo {
     pub node_id: NodeId,
     pub host: String,
     pub port: u16,
+    /// Where the node's Raft transport listens (none for a single node).
+    #[serde(default)]
+    pub raft_addr: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionMeta {
     /// The Raft group that stores this partition.
     pub group: GroupId,
+    /// The replicas it should have (its leader moves the Raft membership to match).
     pub replicas: Vec<NodeId>,
+    /// The replicas it was created with: the first of them initialises the group.
+    #[serde(default)]
+    pub initial: Vec<NodeId>,
+    /// The last leader that announced itself, and its term (the leader epoch).
+    #[serde(default)]
+    pub leader: Option<(NodeId, u64)>,
+}
+
+impl PartitionMeta {
+    /// Who initialises the group: the first replica it was created with.
+    pub fn creators(&self) -> &[NodeId] {
+        if self.initial.is_empty() {
+            &self.replicas
+        } else {
+            &self.initial
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +83,12 @@ impl ClusterMetadata {
             .map(|replicas| {
                 let group = self.next_group;
                 self.next_group += 1;
-                PartitionMeta { group, replicas }
+                PartitionMeta {
+                    group,
+                    initial: replicas.clone(),
+                    replicas,
+                    leader: None,
+                }
             })
             .collect()
     }
@@ -130,6 +156,57 @@ impl ClusterMetadata {
                         None => topic.configs.remove(&key),
                     };
                 }
+            }
+            MetadataCommand::PartitionLeader {
+                group,
+                leader,
+                epoch,
+            } => {
+                let partition = self
+                    .topics
+                    .values_mut()
+                    .flat_map(|t| t.partitions.iter_mut())
+                    .find(|p| p.group == group);
+                if let Some(p) = partition {
+                    if p.leader.is_none_or(|(_, e)| e <= epoch) {
+                        p.leader = Some((leader, epoch));
+                    }
+                }
+            }
+            MetadataCommand::ReassignPartition {
+                name,
+                partition,
+                replicas,
+            } => {
+                let brokers = &self.brokers;
+                let Some(topic) = self.topics.get_mut(&name) else {
+                    return MetadataResponse::Error(MetadataError::UnknownTopic(name));
+                };
+                let Some(p) = usize::try_from(partition)
+                    .ok()
+                    .and_then(|i| topic.partitions.get_mut(i))
+                else {
+                    return MetadataResponse::Error(MetadataError::UnknownPartition(
+                        name, partition,
+                    ));
+                };
+                if let Some(unknown) = replicas.iter().find(|r| !brokers.contains_key(r)) {
+                    return MetadataResponse::Error(MetadataError::InvalidReplicas(format!(
+                        "node {unknown} is not a broker of this cluster"
+                    )));
+                }
+                let mut unique = replicas.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                if replicas.is_empty() || unique.len() != replicas.len() {
+                    return MetadataResponse::Error(MetadataError::InvalidReplicas(
+                        "a replica list must name distinct nodes, at least one".into(),
+                    ));
+                }
+                if p.initial.is_empty() {
+                    p.initial = p.replicas.clone();
+                }
+                p.replicas = replicas;
             }
             MetadataCommand::AllocateProducerIds { count } => {
                 let first = self.next_producer_id;
