@@ -445,14 +445,19 @@ async fn start_group<A: ApplyState>(
     if let Some(snapshot) = store.load(group).await.map_err(raft_err)? {
         let covered = state_machine.restore(&snapshot.data).map_err(raft_err)?;
         // A group restored onto an empty log (a wiped or new data directory) must not
-        // start an election in a term older than the entries its snapshot covers.
+        // start an election in a term older than the entries its snapshot covers. It
+        // records the vote of that term's leader as seen (committed), not a vote for
+        // itself: that would compete with a live leader of the same term.
         let vote = log_store
             .read_vote()
             .await
             .map_err(|e| raft_err(e.to_string()))?;
         if let (None, Some(covered)) = (vote, covered) {
             log_store
-                .save_vote(&Vote::new(covered.leader_id.term, node_id))
+                .save_vote(&Vote::new_committed(
+                    covered.leader_id.term,
+                    covered.leader_id.node_id,
+                ))
                 .await
                 .map_err(|e| raft_err(e.to_string()))?;
         }

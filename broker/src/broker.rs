@@ -76,6 +76,12 @@ impl Broker {
                 ready(self.incremental_alter_configs(r).await)
             }
             RequestKind::DescribeCluster(r) => ready(self.describe_cluster(r)),
+            RequestKind::AlterPartitionReassignments(r) => {
+                ready(self.alter_partition_reassignments(r, version).await)
+            }
+            RequestKind::ListPartitionReassignments(r) => {
+                ready(self.list_partition_reassignments(r))
+            }
             RequestKind::InitProducerId(r) => ready(self.init_producer_id(r).await),
             RequestKind::FindCoordinator(r) => ready(self.find_coordinator(r, version)),
             RequestKind::JoinGroup(r) => {

@@ -26,6 +26,7 @@ pub mod code {
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
     pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const POLICY_VIOLATION: i16 = 44;

@@ -38,6 +38,13 @@ enum Command {
         #[command(subcommand)]
         command: admin::GroupsCommand,
     },
+    /// Partitions of a running cluster: reassign, reassignments in progress.
+    Partitions {
+        #[command(flatten)]
+        target: admin::Target,
+        #[command(subcommand)]
+        command: admin::PartitionsCommand,
+    },
     /// The running cluster: status.
     Cluster {
         #[command(flatten)]
@@ -186,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics { target, command } => admin::topics(&target, &command),
         Command::Groups { target, command } => admin::groups(&target, &command),
         Command::Cluster { target, command } => admin::cluster(&target, &command),
+        Command::Partitions { target, command } => admin::partitions(&target, &command),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the Kafka protocol and print a table, or JSON with `--json`.
 
 mod client;
+mod partitions;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use kafka_protocol::messages::{
 use serde_json::{json, Value};
 
 pub use client::AdminClient;
+pub use partitions::{partitions, PartitionsCommand};
 
 use crate::handlers::{str_bytes, topic_name};
 
@@ -46,6 +48,9 @@ pub enum TopicsCommand {
         topic: String,
         #[arg(long, default_value_t = 1)]
         partitions: i32,
+        /// Replicas per partition [default: the broker's default, 1].
+        #[arg(long)]
+        replication_factor: Option<i16>,
         /// Topic config, KEY=VALUE; repeat for more.
         #[arg(long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
@@ -68,7 +73,7 @@ pub enum ClusterCommand {
     Status,
 }
 
-fn error_name(code: i16) -> String {
+pub(crate) fn error_name(code: i16) -> String {
     match code {
         0 => "NONE".into(),
         3 => "UNKNOWN_TOPIC_OR_PARTITION".into(),
@@ -78,13 +83,16 @@ fn error_name(code: i16) -> String {
         36 => "TOPIC_ALREADY_EXISTS".into(),
         37 => "INVALID_PARTITIONS".into(),
         38 => "INVALID_REPLICATION_FACTOR".into(),
+        39 => "INVALID_REPLICA_ASSIGNMENT".into(),
+        41 => "NOT_CONTROLLER".into(),
+        85 => "NO_REASSIGNMENT_IN_PROGRESS".into(),
         40 => "INVALID_CONFIG".into(),
         69 => "GROUP_ID_NOT_FOUND".into(),
         other => format!("error {other}"),
     }
 }
 
-fn print(target: &Target, value: Value, table: Vec<Vec<String>>) {
+pub(crate) fn print(target: &Target, value: Value, table: Vec<Vec<String>>) {
     if target.json {
         println!("{value}");
         return;
@@ -108,7 +116,7 @@ fn print(target: &Target, value: Value, table: Vec<Vec<String>>) {
     }
 }
 
-fn metadata(
+pub(crate) fn metadata(
     client: &mut AdminClient,
     topics: Option<&[String]>,
 ) -> anyhow::Result<MetadataResponse> {
@@ -214,12 +222,13 @@ pub fn topics(target: &Target, command: &TopicsCommand) -> anyhow::Result<()> {
         TopicsCommand::Create {
             topic,
             partitions,
+            replication_factor,
             configs,
         } => {
             let mut t = CreatableTopic::default();
             t.name = topic_name(topic);
             t.num_partitions = *partitions;
-            t.replication_factor = -1;
+            t.replication_factor = replication_factor.unwrap_or(-1);
             for kv in configs {
                 let (k, v) = kv
                     .split_once('=')
@@ -390,14 +399,26 @@ pub fn cluster(target: &Target, command: &ClusterCommand) -> anyhow::Result<()> 
                     role.into(),
                 ]);
             }
+            let (parts, under_replicated, lead) = partitions::leadership(&md);
+            for row in rows.iter_mut().skip(1) {
+                let id: i32 = row[0].parse().unwrap_or(-1);
+                row.push(lead.get(&id).copied().unwrap_or(0).to_string());
+            }
+            if let Some(h) = rows.first_mut() {
+                h.push("LEADS".into());
+            }
             if !target.json {
-                println!("cluster {}: {} topic(s), {partitions} partition(s), {leaderless} without a leader", dc.cluster_id.as_str(), md.topics.len());
+                println!("cluster {}: {} topic(s), {partitions} partition(s), {leaderless} without a leader, {under_replicated} under-replicated", dc.cluster_id.as_str(), md.topics.len());
             }
             print(
                 target,
-                json!({"cluster_id": dc.cluster_id.to_string(), "controller": dc.controller_id.0, "brokers": brokers, "topics": md.topics.len(), "partitions": partitions, "leaderless_partitions": leaderless}),
+                json!({"cluster_id": dc.cluster_id.to_string(), "controller": dc.controller_id.0, "brokers": brokers, "topics": md.topics.len(), "partitions": partitions, "leaderless_partitions": leaderless, "under_replicated_partitions": under_replicated, "partition_states": parts.iter().map(|p| p.json()).collect::<Vec<_>>()}),
                 rows,
             );
+            if !target.json && !parts.is_empty() {
+                println!();
+                print(target, Value::Null, partitions::table(&parts));
+            }
         }
     }
     Ok(())

@@ -7,8 +7,9 @@ mod fetch;
 mod offsets;
 mod produce;
 mod producer_id;
+mod reassign;
 mod records;
-mod topics;
+pub(crate) mod topics;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;

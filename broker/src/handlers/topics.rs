@@ -26,7 +26,7 @@ use crate::topic_config;
 const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 
 /// (error code, message) of a failed topic operation.
-type Failure = (i16, String);
+pub(crate) type Failure = (i16, String);
 
 /// Replica lists per partition and config overrides of a topic about to be created.
 type TopicPlan = (Vec<Vec<NodeId>>, BTreeMap<String, String>);
@@ -67,7 +67,7 @@ impl Broker {
             .collect())
     }
 
-    async fn propose(&self, cmd: MetadataCommand) -> Result<MetadataResponse, Failure> {
+    pub(crate) async fn propose(&self, cmd: MetadataCommand) -> Result<MetadataResponse, Failure> {
         match self.node.propose_metadata(&cmd).await {
             Ok(MetadataResponse::Error(e)) => Err((metadata_error_code(&e), e.to_string())),
             Ok(other) => Ok(other),

@@ -286,12 +286,14 @@ impl Registry {
                 continue;
             };
             let term = p.raft.metrics().borrow().current_term;
-            if pm.leader != Some((node_id, term)) {
+            let (voters, _) = p.membership();
+            if pm.leader != Some((node_id, term)) || pm.voters != voters {
                 let node = self.node.clone();
                 let cmd = MetadataCommand::PartitionLeader {
                     group: p.group,
                     leader: node_id,
                     epoch: term,
+                    voters: voters.clone(),
                 };
                 tokio::spawn(async move {
                     if let Err(err) = node.propose_metadata(&cmd).await {
@@ -299,7 +301,6 @@ impl Registry {
                     }
                 });
             }
-            let (voters, _) = p.membership();
             let mut want = pm.replicas.clone();
             want.sort_unstable();
             if voters == want || p.moving.swap(true, std::sync::atomic::Ordering::AcqRel) {

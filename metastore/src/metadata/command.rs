@@ -48,6 +48,9 @@ pub enum MetadataCommand {
         group: GroupId,
         leader: NodeId,
         epoch: u64,
+        /// The group's Raft voters as the leader sees them.
+        #[serde(default)]
+        voters: Vec<NodeId>,
     },
     /// Moves a partition to `replicas`; its leader changes the Raft membership to match.
     ReassignPartition {

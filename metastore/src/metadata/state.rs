@@ -30,9 +30,22 @@ pub struct PartitionMeta {
     /// The last leader that announced itself, and its term (the leader epoch).
     #[serde(default)]
     pub leader: Option<(NodeId, u64)>,
+    /// The Raft voters that leader announced; a reassignment is in progress while they
+    /// differ from `replicas`.
+    #[serde(default)]
+    pub voters: Vec<NodeId>,
 }
 
 impl PartitionMeta {
+    /// Whether the Raft voters (as last announced) differ from the wanted replicas.
+    pub fn reassigning(&self) -> bool {
+        let mut want = self.replicas.clone();
+        want.sort_unstable();
+        let mut have = self.voters.clone();
+        have.sort_unstable();
+        !have.is_empty() && want != have
+    }
+
     /// Who initialises the group: the first replica it was created with.
     pub fn creators(&self) -> &[NodeId] {
         if self.initial.is_empty() {
@@ -88,6 +101,7 @@ impl ClusterMetadata {
                     initial: replicas.clone(),
                     replicas,
                     leader: None,
+                    voters: Vec::new(),
                 }
             })
             .collect()
@@ -161,6 +175,7 @@ impl ClusterMetadata {
                 group,
                 leader,
                 epoch,
+                voters,
             } => {
                 let partition = self
                     .topics
@@ -170,6 +185,7 @@ impl ClusterMetadata {
                 if let Some(p) = partition {
                     if p.leader.is_none_or(|(_, e)| e <= epoch) {
                         p.leader = Some((leader, epoch));
+                        p.voters = voters;
                     }
                 }
             }
