@@ -55,7 +55,7 @@ pub enum BootstrapError {
     },
     #[error("start raft group {group}: {message}")]
     Raft { group: GroupId, message: String },
-    #[error("metadata group has no leader after {0:?}")]
+    #[error("the metadata group has no leader after {0:?}: in a cluster, a majority of --peers must be running and reachable at their raft addresses (the log names the peers that could not be reached)")]
     NoLeader(Duration),
     #[error("metadata proposal failed: {0}")]
     Propose(String),

@@ -117,13 +117,23 @@ impl Tier {
 /// `chronik_snapshot_upload_failures_total` says otherwise).
 pub fn render_group_progress(broker: &crate::broker::Broker) -> String {
     let mut out = String::from(
-        "# TYPE chronik_raft_applied_index gauge\n# TYPE chronik_raft_snapshot_index gauge\n",
+        "# TYPE chronik_raft_applied_index gauge\n# TYPE chronik_raft_snapshot_index gauge\n# TYPE chronik_raft_replication_lag gauge\n",
     );
     let mut row = |group: u64, raft: &chronik_metastore::types::Raft| {
         let m = raft.metrics();
         let m = m.borrow();
         let applied = m.last_applied.map(|l| l.index as i64).unwrap_or(-1);
         let snapshot = m.snapshot.map(|l| l.index as i64).unwrap_or(-1);
+        // On a leader: how many log entries each follower is behind.
+        if let (Some(progress), Some(last)) = (m.replication.as_ref(), m.last_log_index) {
+            for (follower, matched) in progress.iter().filter(|(f, _)| **f != m.id) {
+                let behind = last.saturating_sub(matched.map(|l| l.index).unwrap_or(0));
+                let _ = writeln!(
+                    out,
+                    "chronik_raft_replication_lag{{group=\"{group}\",follower=\"{follower}\"}} {behind}"
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "chronik_raft_applied_index{{group=\"{group}\"}} {applied}"
@@ -140,5 +150,10 @@ pub fn render_group_progress(broker: &crate::broker::Broker) -> String {
     for p in broker.partitions.all() {
         row(p.group, &p.raft);
     }
+    let (sent, received) = broker.node.transport.message_counts();
+    let _ = writeln!(
+        out,
+        "# TYPE chronik_raft_messages_sent_total counter\nchronik_raft_messages_sent_total {sent}\n# TYPE chronik_raft_messages_received_total counter\nchronik_raft_messages_received_total {received}"
+    );
     out
 }

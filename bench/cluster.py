@@ -1,0 +1,167 @@
+"""Cluster benchmarks: Raft idle traffic by partition count, and how long a node added to a
+running cluster takes to serve a partition, with a small and a large history.
+
+    python3 bench/cluster.py --bin-dir target/release [--record]
+
+Starts 3 (then 4) release nodes on 127.0.0.1 sharing one file:// bucket. With --record the
+results are written to docs/BENCHMARKS_CLUSTER.md (with the machine and the commands).
+"""
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite import FAST_LEASE, ROOT, Broker, bench, free_port, machine  # noqa: E402
+
+
+class Cluster:
+    def __init__(self, bin_dir, size=3, extra=()):
+        self.bin_dir = bin_dir
+        self.raft = {i: free_port() for i in range(1, size + 2)}
+        self.extra = list(extra)
+        self.nodes = {}
+        self.bucket = None
+        for i in range(1, size + 1):
+            self.add(i, size)
+
+    def peers(self, size):
+        return ",".join(f"{i}@127.0.0.1:{self.raft[i]}" for i in range(1, size + 1))
+
+    def add(self, i, size, start=False):
+        b = Broker(self.bin_dir, ["--node-id", str(i), "--raft-addr", f"127.0.0.1:{self.raft[i]}",
+                                  "--peers", self.peers(size), *FAST_LEASE, *self.extra])
+        if self.bucket is None:
+            self.bucket = b.dir / "bucket"
+        b.cmd = [c if not c.startswith("file://") else f"file://{self.bucket}" for c in b.cmd]
+        self.nodes[i] = b
+        if start:
+            b.start()
+        return b
+
+    def start(self):
+        """Starts every node at once: each waits for its peers before it is healthy."""
+        threads = [threading.Thread(target=n.start) for n in self.nodes.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def admin(self, *args):
+        cmd = [str(self.bin_dir / "chronik"), *args, "--bootstrap", self.nodes[1].bootstrap]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+
+    def stop(self):
+        for n in self.nodes.values():
+            n.stop()
+
+
+def idle(bin_dir, partitions, seconds):
+    c = Cluster(bin_dir)
+    c.start()
+    try:
+        if partitions:
+            c.admin("topics", "create", "idle", "--partitions", str(partitions),
+                    "--replication-factor", "3")
+        time.sleep(5)
+        cpu0 = {i: n.cpu_seconds() for i, n in c.nodes.items()}
+        msg0 = sum(n.metric("chronik_raft_messages_sent_total") for n in c.nodes.values())
+        time.sleep(seconds)
+        cpu = sum(n.cpu_seconds() - cpu0[i] for i, n in c.nodes.items()) / seconds * 100
+        msgs = (sum(n.metric("chronik_raft_messages_sent_total") for n in c.nodes.values())
+                - msg0) / seconds
+        return {"partitions": partitions, "cpu_percent_all_nodes": cpu, "raft_messages_per_s": msgs}
+    finally:
+        c.stop()
+
+
+def new_node(bin_dir, history_mb):
+    c = Cluster(bin_dir, extra=["--tiering-interval-ms", "500"])
+    c.start()
+    try:
+        c.admin("topics", "create", "hist", "--partitions", "1", "--replication-factor", "3")
+        count = history_mb * 1024
+        produce = ["produce", "--brokers", c.nodes[1].bootstrap, "--topic", "hist",
+                   "--partitions", "1", "--msg-size", "1024", "--count", str(count)]
+        bench(bin_dir, *produce)
+        for n in c.nodes.values():
+            n.wait_tiered()
+        n4 = c.add(4, 4)
+        t0 = time.monotonic()
+        n4.start()
+        joined = time.monotonic() - t0
+        t1 = time.monotonic()
+        c.admin("partitions", "reassign", "--topic", "hist", "--partition", "0",
+                "--replicas", "2,3,4", "--wait", "600")
+        moved = time.monotonic() - t1
+        wal_mb = n4.disk_mb("data")
+        return {"history_mb": history_mb, "node_start_s": joined, "reassign_s": moved,
+                "new_node_data_dir_mb": wal_mb, "command": " ".join(["chronik-bench", *produce])}
+    finally:
+        c.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--histories", default="10,1000")
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    idle_rows = [idle(args.bin_dir, p, args.seconds) for p in (1, 100, 300)]
+    for r in idle_rows:
+        print(json.dumps(r), flush=True)
+    move_rows = [new_node(args.bin_dir, int(h)) for h in args.histories.split(",")]
+    for r in move_rows:
+        print(json.dumps(r), flush=True)
+    if args.record:
+        write(idle_rows, move_rows, args)
+
+
+def write(idle_rows, move_rows, args):
+    lines = [
+        "# Cluster benchmarks",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()} with "
+        f"`python3 bench/cluster.py --bin-dir target/release --seconds {args.seconds} "
+        f"--histories {args.histories} --record` (release builds; all nodes and the client "
+        "share the machine's cores; one file:// bucket).",
+        "",
+        "## Idle cost of a 3-node cluster",
+        "",
+        "Topic `idle` with N partitions, replication factor 3, no traffic; CPU summed over the "
+        "three nodes (% of one core) and Raft RPCs sent per second by all nodes together "
+        f"(`chronik_raft_messages_sent_total`), over {args.seconds} s.",
+        "",
+        "| partitions | CPU (% of a core, 3 nodes) | Raft messages/s |",
+        "|---:|---:|---:|",
+    ]
+    for r in idle_rows:
+        lines.append(f"| {r['partitions']} | {r['cpu_percent_all_nodes']:.1f} | "
+                     f"{r['raft_messages_per_s']:.0f} |")
+    lines += [
+        "",
+        "## A new node serving a partition",
+        "",
+        "A 1-partition topic (replication factor 3) gets H MB of 1 KiB messages and is tiered; "
+        "a fourth node is started (it joins the metadata group as a learner), then "
+        "`chronik partitions reassign --topic hist --partition 0 --replicas 2,3,4 --wait 600` "
+        "moves the partition onto it. The new replica restores the partition's newest "
+        "snapshot from the bucket and receives only the untiered tail over Raft, so the time "
+        "must not grow with H.",
+        "",
+        "| history | node start to healthy (s) | reassign until the new replica is a caught-up voter (s) | new node's data dir (MB) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in move_rows:
+        lines.append(f"| {r['history_mb']} MB | {r['node_start_s']:.2f} | {r['reassign_s']:.2f} | "
+                     f"{r['new_node_data_dir_mb']:.1f} |")
+    lines += ["", "Load: `" + move_rows[0]["command"] + "` (count scaled to H).", ""]
+    (ROOT / "docs" / "BENCHMARKS_CLUSTER.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
