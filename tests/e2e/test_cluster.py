@@ -1,0 +1,398 @@
+"""Multi-node clusters: three (and four) `chronik serve --peers …` processes sharing one
+bucket, driven with real clients and raw requests.
+
+Kafka semantics checked: Metadata lists every broker; a replication-factor-3 topic has one
+leader per partition, spread over the nodes; clients are routed to leaders and a Produce
+sent to a non-leader gets NOT_LEADER_OR_FOLLOWER; acknowledged writes survive the loss of
+a leader (idempotent producer: exactly once, in order); a restarted or wiped node catches
+up, proven by then losing a *different* node; a fourth node joins and takes a replica.
+Each test starts its own cluster and kills every process at the end, even on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import kraw
+import kwire
+from cluster import Cluster, run_cli, unique_port
+from conftest import chronik_bin
+from helpers import DeliveryTracker, produce_all, wait_until
+
+HERE = Path(__file__).resolve().parent
+ERR_NOT_LEADER_OR_FOLLOWER = 6
+PARTS = 6
+
+
+@pytest.fixture
+def cluster_factory(request, tmp_path):
+    """make(size=3, env=None, start=True) -> Cluster; every node is killed at teardown."""
+    clusters: list[Cluster] = []
+    # conftest's report hook attaches the log tail of everything in this list on failure.
+    request.node._chronik_brokers = []
+
+    def make(size: int = 3, env: dict | None = None, start: bool = True) -> Cluster:
+        c = Cluster(tmp_path / f"cluster{len(clusters)}", size=size, env=env,
+                    registry=request.node._chronik_brokers)
+        clusters.append(c)
+        if start:
+            c.start()
+        return c
+
+    yield make
+    for c in clusters:
+        c.close()
+
+
+@pytest.fixture
+def cluster(cluster_factory) -> Cluster:
+    return cluster_factory()
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def produce_numbered(cluster: Cluster, topic: str, start: int, count: int,
+                     parts: int = PARTS) -> None:
+    """acks=all keys start..start+count-1 (ascii) to partition key % parts; all must be acked."""
+    producer = cluster.producer({"acks": "all", "linger.ms": 5, "message.timeout.ms": 60_000})
+    dr = DeliveryTracker()
+    produce_all(producer, topic,
+                ((str(i).encode(), f"v{i}".encode(), i % parts, None)
+                 for i in range(start, start + count)), dr, flush_timeout=90)
+    assert not dr.errors, f"delivery errors: {[str(e) for e, _ in dr.errors[:5]]}"
+    assert len(dr.ok) == count
+
+
+def assert_numbered(records: dict, total: int, parts: int = PARTS) -> None:
+    """Partition p holds exactly the keys p, p+parts, … < total, in order, once each."""
+    for p in range(parts):
+        keys = [int(k) for _, k, _ in records.get(p, [])]
+        expected = list(range(p, total, parts))
+        if keys != expected:
+            missing = sorted(set(expected) - set(keys))
+            extra = [k for k, n in Counter(keys).items() if n > 1 or k not in set(expected)]
+            pytest.fail(f"partition {p}: {len(keys)} records, expected {len(expected)}; "
+                        f"missing {missing[:10]}, duplicated/foreign {extra[:10]}")
+
+
+def leader_counts(leaders: dict) -> Counter:
+    return Counter(leaders.values())
+
+
+def wait_caught_up(cluster: Cluster, node, timeout: float = 30.0) -> None:
+    """Until `node` has applied, in every Raft group, at least what the most advanced other
+    live node had applied when this was called (nothing is being written meanwhile)."""
+    others = [n for n in cluster.live() if n is not node]
+    target: dict = {}
+    for n in others:
+        for g, idx in n.applied_indexes().items():
+            target[g] = max(target.get(g, -1), idx)
+    assert target, "no Raft group progress in /metrics of the other nodes"
+
+    def behind():
+        mine = node.applied_indexes()
+        return {g: (mine.get(g), idx) for g, idx in target.items() if mine.get(g, -1) < idx}
+    try:
+        wait_until(lambda: not behind(), timeout=timeout, interval=0.25,
+                   what=f"node {node.node_id} to catch up")
+    except AssertionError:
+        pytest.fail(f"node {node.node_id} did not catch up within {timeout}s; "
+                    f"groups behind (its applied index, target): {behind()}")
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def read_lines(path: Path) -> list:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+# ---- 1. formation, placement, routing, acks=all round trip ---------------------------------
+
+def test_three_nodes_form_a_cluster_and_serve_a_replicated_topic(cluster):
+    ports = {i: n.kafka_port for i, n in cluster.nodes.items()}
+    for n in cluster.live():
+        md = cluster.metadata(via=n)
+        assert {i: port for i, (_, port) in md.brokers.items()} == ports, \
+            f"node {n.node_id} lists brokers {md.brokers}"
+        assert md.controller in ports, f"controller {md.controller} is not a broker"
+
+    topic, total = "cl-basic", 3000
+    leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
+    t = cluster.metadata([topic]).topics[topic]
+    assert sorted(t.partitions) == list(range(PARTS))
+    for p, pm in t.partitions.items():
+        assert sorted(pm.replicas) == [1, 2, 3], f"partition {p} replicas {pm.replicas}"
+        assert pm.leader in pm.replicas, f"partition {p} led by non-replica {pm.leader}"
+        assert set(pm.isr) <= set(pm.replicas) and pm.leader in pm.isr, f"partition {p}: {pm}"
+    assert set(leaders.values()) == {1, 2, 3}, f"leaders not spread over the nodes: {leaders}"
+
+    produced_before = {n.node_id: n.metric("chronik_requests_total").get('{api="produce"}', 0)
+                       for n in cluster.live()}
+    produce_numbered(cluster, topic, 0, total)
+    # The client was routed by Metadata: every node, leading some partitions, took Produce.
+    for n in cluster.live():
+        got = n.metric("chronik_requests_total").get('{api="produce"}', 0)
+        assert got > produced_before[n.node_id], \
+            f"node {n.node_id} leads partitions but received no Produce request"
+
+    records = cluster.consume_all(topic, range(PARTS))
+    assert_numbered(records, total)
+    for p, recs in records.items():
+        assert all(v == f"v{int(k)}".encode() for _, k, v in recs), f"partition {p}: values differ"
+
+
+# ---- 2. Produce to a follower ---------------------------------------------------------------------
+
+def test_produce_to_a_follower_gets_not_leader_or_follower(cluster):
+    topic = "cl-follower"
+    leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
+    leader = cluster.nodes[leaders[0]]
+    follower = next(n for n in cluster.live() if n.node_id != leaders[0])
+
+    with kwire.Conn(follower.kafka_port) as c:
+        parts = kraw.produce(c, topic, [(0, kraw.record_batch([b"to-the-follower"]))], acks=-1)
+    assert [(r.partition, r.error) for r in parts] == [(0, ERR_NOT_LEADER_OR_FOLLOWER)], \
+        f"Produce of partition 0 to node {follower.node_id} (leader is {leader.node_id}): {parts}"
+    with kwire.Conn(follower.kafka_port) as c:
+        parts = kraw.produce(c, topic, [(0, kraw.record_batch([b"acks-1-follower"]))], acks=1)
+    assert [(r.partition, r.error) for r in parts] == [(0, ERR_NOT_LEADER_OR_FOLLOWER)]
+
+    with kwire.Conn(leader.kafka_port) as c:
+        parts = kraw.produce(c, topic, [(0, kraw.record_batch([b"to-the-leader"]))], acks=-1)
+    assert [(r.partition, r.error, r.base_offset) for r in parts] == [(0, 0, 0)], \
+        f"Produce of partition 0 to its leader {leader.node_id}: {parts}"
+
+    # A client bootstrapped from the follower only is routed to the leader by Metadata.
+    producer = follower.producer({"acks": "all"})
+    dr = DeliveryTracker()
+    produce_all(producer, topic, [(b"k", b"via-client", 0, None)], dr, flush_timeout=30)
+    assert not dr.errors and [(m.partition(), m.offset()) for m in dr.ok] == [(0, 1)]
+
+    records = cluster.consume_all(topic, [0])
+    assert [v for _, _, v in records[0]] == [b"to-the-leader", b"via-client"], \
+        "the rejected follower writes must not be stored"
+
+
+# ---- 3. leader killed during an idempotent acks=all produce -----------------------------------
+
+def test_leader_kill_during_idempotent_produce_loses_and_duplicates_nothing(cluster, tmp_path):
+    topic = "cl-failover"
+    leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
+    out = tmp_path / "producer"
+    out.mkdir()
+    acks_log, errors_log = out / "acks.log", out / "errors.log"
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "durable_producer.py"), cluster.bootstrap, topic, str(PARTS),
+         str(out)],
+        stdin=subprocess.DEVNULL, stdout=open(out / "stdout.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: count_lines(acks_log) >= 3000, timeout=60,
+                   what="3000 acked messages before the kill")
+        victim_id, _ = leader_counts(leaders).most_common(1)[0]
+        victim = cluster.nodes[victim_id]
+        victim.kill9()
+        killed_at = time.monotonic()
+        acked_at_kill = count_lines(acks_log)
+        new_leaders = cluster.wait_leaders(topic, PARTS, timeout=20, exclude={victim_id})
+        failover = time.monotonic() - killed_at
+        assert victim_id not in new_leaders.values()
+        assert failover < 10, f"new leaders took {failover:.1f}s after the kill"
+        # The producer keeps going on the new leaders.
+        wait_until(lambda: count_lines(acks_log) >= acked_at_kill + 3000, timeout=60,
+                   what=f"3000 more acks after killing leader node {victim_id} "
+                        f"(new leaders {new_leaders} after {failover:.1f}s)")
+        (out / "stop").touch()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    summary = (out / "done").read_text() if (out / "done").exists() else "(no done file)"
+    assert proc.returncode == 0, (
+        f"producer exited {proc.returncode}: {summary}\n" + "\n".join(read_lines(errors_log)[-20:])
+        + "\n" + "\n".join(read_lines(out / "stdout.log")[-20:]))
+    assert "undelivered=0" in summary, summary
+    failed = [line for line in read_lines(errors_log) if not line.startswith("client-error")]
+    assert not failed, f"{len(failed)} messages failed delivery, e.g. {failed[:10]}"
+
+    acked = {}  # seq -> (partition, offset)
+    for line in read_lines(acks_log):
+        seq, p, off = map(int, line.split())
+        assert seq not in acked, f"two delivery reports for {seq}"
+        acked[seq] = (p, off)
+
+    records = cluster.consume_all(topic, range(PARTS), timeout=120)
+    present = set()
+    for p in range(PARTS):
+        seqs = [int(k) for _, k, _ in records.get(p, [])]
+        # Strictly increasing: nothing duplicated (acked or not), nothing reordered.
+        bad = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a]
+        assert not bad, f"partition {p}: out of order/duplicated {bad[:10]}"
+        assert all(s % PARTS == p for s in seqs), f"partition {p} holds foreign records"
+        for off, k, _ in records.get(p, []):
+            s = int(k)
+            if s in acked:
+                assert acked[s] == (p, off), f"seq {s} acked at {acked[s]} but stored at {(p, off)}"
+        present.update(seqs)
+    missing = sorted(set(acked) - present)
+    assert not missing, f"{len(missing)} acked messages lost, e.g. {missing[:20]}"
+
+
+# ---- 4. a follower restarted with its data dir catches up ------------------------------------
+
+def test_restarted_follower_catches_up(cluster):
+    topic = "cl-restart"
+    leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
+    produce_numbered(cluster, topic, 0, 1200)
+
+    restarted = cluster.nodes[next(i for i in (3, 2, 1) if i != leaders[0])]
+    restarted.kill9()
+    cluster.wait_leaders(topic, PARTS, exclude={restarted.node_id})
+    produce_numbered(cluster, topic, 1200, 1800)  # written while it is down
+
+    restarted.start()  # same data dir, same ports
+    cluster.wait_brokers(3)
+    wait_caught_up(cluster, restarted)
+
+    # Lose a different node: every partition now needs the restarted node for a majority.
+    others = [n for n in cluster.live() if n is not restarted]
+    current = cluster.wait_leaders(topic, PARTS)
+    stopped = max(others, key=lambda n: leader_counts(current)[n.node_id])
+    stopped.kill9()
+    cluster.wait_leaders(topic, PARTS, exclude={stopped.node_id})
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 3000)
+    produce_numbered(cluster, topic, 3000, 600)  # commits need the restarted node's acks
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 3600)
+
+
+# ---- 5. a wiped node bootstraps and rejoins -------------------------------------------------------
+
+def test_wiped_node_rejoins_and_catches_up(cluster):
+    topic = "cl-wiped"
+    leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
+    produce_numbered(cluster, topic, 0, 1200)
+
+    wiped = cluster.nodes[next(i for i in (2, 3, 1) if i != leaders[0])]
+    wiped.kill9()
+    wiped.wipe()
+    cluster.wait_leaders(topic, PARTS, exclude={wiped.node_id})
+    produce_numbered(cluster, topic, 1200, 1200)
+
+    wiped.start()  # empty data dir; same id, peers, bucket and ports
+    assert any(wiped.data_dir.iterdir()), "the wiped node wrote nothing to its data dir"
+    cluster.wait_brokers(3)
+    wait_caught_up(cluster, wiped)
+
+    others = [n for n in cluster.live() if n is not wiped]
+    current = cluster.wait_leaders(topic, PARTS)
+    stopped = max(others, key=lambda n: leader_counts(current)[n.node_id])
+    stopped.kill9()
+    cluster.wait_leaders(topic, PARTS, exclude={stopped.node_id})
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 2400)
+    produce_numbered(cluster, topic, 2400, 600)
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 3000)
+
+
+# ---- 6. a fourth node joins and takes over a replica ------------------------------------------
+
+def has_reassign_command() -> bool:
+    r = run_cli("partitions", "reassign", "--help", timeout=30)
+    return r.returncode == 0
+
+
+def test_fourth_node_joins_and_takes_a_replica(cluster):
+    topic = "cl-grow"
+    cluster.create_topic(topic, PARTS, replication_factor=3)
+    produce_numbered(cluster, topic, 0, 1200)
+
+    n4 = cluster.new_node(4)
+    n4.peers = cluster.peers_spec([1, 2, 3, 4])
+    n4.start()  # ready = serving, and its own Metadata lists it
+    cluster.wait_brokers(4)
+    md = cluster.metadata()
+    assert {i: port for i, (_, port) in md.brokers.items()} == \
+        {i: n.kafka_port for i, n in cluster.nodes.items()}
+    # The old members keep serving the topic with the new node present.
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 1200)
+
+    if not has_reassign_command():
+        pytest.skip("`chronik partitions reassign` does not exist yet; node 4 joined and is "
+                    "listed, the replica move is untested")
+
+    r = run_cli("partitions", "reassign", "--bootstrap", cluster.nodes[1].bootstrap,
+                "--topic", topic, "--partition", "0", "--replicas", "2,3,4")
+    assert r.returncode == 0, f"reassign exited {r.returncode}: {r.stderr}{r.stdout}"
+
+    def moved():
+        for n in cluster.live():
+            pm = cluster.metadata([topic], via=n).topics[topic].partitions[0]
+            if sorted(pm.replicas) != [2, 3, 4] or pm.leader not in (2, 3, 4):
+                return None
+        return pm
+    try:
+        pm = wait_until(moved, timeout=20, interval=0.25,
+                        what="partition 0 on replicas [2,3,4] in every node's Metadata")
+    except AssertionError:
+        pm = cluster.metadata([topic]).topics[topic].partitions[0]
+        pytest.fail(f"partition 0 not moved to [2,3,4] within 20s: {pm}")
+    recs = cluster.consume_all(topic, [0])[0]
+    assert [int(k) for _, k, _ in recs] == list(range(0, 1200, PARTS))
+
+    # Prove node 4 holds partition 0: lose another replica, so 4 is needed for a majority.
+    loser = cluster.nodes[pm.leader if pm.leader != 4 else 2]
+    loser.kill9()
+    wait_until(lambda: cluster.metadata([topic]).topics[topic].partitions[0].leader
+               in {2, 3, 4} - {loser.node_id}, timeout=20, what="a new leader for partition 0")
+    recs = cluster.consume_all(topic, [0])[0]
+    assert [int(k) for _, k, _ in recs] == list(range(0, 1200, PARTS))
+    producer = cluster.producer({"acks": "all"})
+    dr = DeliveryTracker()
+    produce_all(producer, topic, [(b"after-move", b"x", 0, None)], dr, flush_timeout=30)
+    assert not dr.errors and dr.ok[0].offset() == len(recs)
+
+
+# ---- 7. inconsistent peer lists are refused ---------------------------------------------------
+
+def serve_refused(tmp_path: Path, node_id: int, peers: str) -> subprocess.CompletedProcess:
+    data = tmp_path / f"data-{node_id}-{abs(hash(peers))}"
+    cmd = [chronik_bin(), "serve", "--node-id", str(node_id),
+           "--kafka-addr", f"127.0.0.1:{unique_port()}", "--http-addr", f"127.0.0.1:{unique_port()}",
+           "--peers", peers, "--data-dir", str(data), "--bucket", f"file://{tmp_path / 'bucket'}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONIK_")}
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`{' '.join(cmd)}` kept running instead of refusing to start")
+
+
+def test_inconsistent_peer_lists_are_refused(tmp_path):
+    a, b, c = (f"127.0.0.1:{unique_port()}" for _ in range(3))
+
+    r = serve_refused(tmp_path, 4, f"1@{a},2@{b},3@{c}")
+    msg = r.stderr + r.stdout
+    assert r.returncode != 0, f"node 4 outside --peers started (exit 0): {msg}"
+    assert "--peers" in msg and "4" in msg, f"message does not point at --peers: {msg!r}"
+
+    r = serve_refused(tmp_path, 1, f"1@{a},2@{b},2@{c}")
+    msg = r.stderr + r.stdout
+    assert r.returncode != 0, f"a duplicate id in --peers started (exit 0): {msg}"
+    assert "--peers" in msg and "2" in msg and ("twice" in msg or "duplicate" in msg.lower()), \
+        f"message does not name the duplicate id: {msg!r}"
