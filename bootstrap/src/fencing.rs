@@ -100,9 +100,15 @@ pub fn decide(
             l.cluster_id, l.incarnation, b.cluster_id, b.incarnation
         )),
         (Some(_), None) => Claim::Republish,
-        (None, Some(_)) => match lease.filter(|l| fresh(l)) {
+        (None, Some(b)) => match lease.filter(|l| fresh(l)) {
             Some(l) => Claim::Watch(l.clone()),
             None if others.iter().any(fresh) => Claim::Join,
+            // Created moments ago by a peer starting with us: a new cluster is forming.
+            None if now_ms.saturating_sub(b.created_unix_ms)
+                < lease_timeout.as_millis() as u64 =>
+            {
+                Claim::Join
+            }
             None => Claim::Adopt,
         },
     }

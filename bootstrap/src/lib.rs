@@ -442,7 +442,27 @@ async fn start_group<A: ApplyState>(
     let store: Arc<dyn SnapshotStore> = snapshots.clone();
     let state_machine = state_machine.with_store(group, store.clone());
     let mut log_store = wal.log_store(group);
-    if let Some(snapshot) = store.load(group).await.map_err(raft_err)? {
+    // A group with state in the local WAL (a vote, log entries) restarts from its local
+    // snapshot only: a newer snapshot from the bucket, written by another replica in a
+    // later term, would contradict the vote and log this node already has. Only a group
+    // with no local state at all (a wiped or new data directory) restores from the bucket.
+    let local_state = log_store
+        .read_vote()
+        .await
+        .map_err(|e| raft_err(e.to_string()))?
+        .is_some()
+        || log_store
+            .get_log_state()
+            .await
+            .map_err(|e| raft_err(e.to_string()))?
+            .last_log_id
+            .is_some();
+    let snapshot = if local_state {
+        snapshots.load_local(group).await.map_err(raft_err)?
+    } else {
+        store.load(group).await.map_err(raft_err)?
+    };
+    if let Some(snapshot) = snapshot {
         let covered = state_machine.restore(&snapshot.data).map_err(raft_err)?;
         // A group restored onto an empty log (a wiped or new data directory) must not
         // start an election in a term older than the entries its snapshot covers. It

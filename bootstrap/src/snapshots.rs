@@ -55,6 +55,7 @@ pub struct NodeSnapshots {
     pending_uploads: std::sync::Mutex<BTreeMap<GroupId, (u64, Bytes)>>,
     /// Wakes the uploader when a snapshot is queued.
     upload_wanted: tokio::sync::Notify,
+    written: LocalIndex,
     /// Which groups' snapshots this node uploads: in a cluster, only the group's leader
     /// does (every replica holds the same state); unset, every group's.
     upload_filter: std::sync::OnceLock<UploadFilter>,
@@ -66,6 +67,11 @@ pub type UploadFilter = Arc<dyn Fn(GroupId) -> bool + Send + Sync>;
 fn local_file(dir: &Path, group: GroupId) -> PathBuf {
     dir.join(format!("group-{group:020}.snap"))
 }
+
+/// The newest snapshot index written locally per group; held while a group's snapshot is
+/// written, so two saves of one group (a snapshot built here and one installed by the
+/// leader) never race on the same temporary file, and an older one never replaces a newer.
+type LocalIndex = Arc<std::sync::Mutex<BTreeMap<GroupId, u64>>>;
 
 fn write_atomically(dir: &Path, group: GroupId, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -90,6 +96,7 @@ impl NodeSnapshots {
             pending_uploads: Default::default(),
             upload_wanted: tokio::sync::Notify::new(),
             upload_filter: std::sync::OnceLock::new(),
+            written: Default::default(),
         }
     }
 
@@ -231,9 +238,17 @@ impl SnapshotStore for NodeSnapshots {
             let dir = self.dir.clone();
             let incarnation = self.incarnation.clone();
             let index = snapshot.last_log_index;
+            let written = self.written.clone();
             let wrapped = tokio::task::spawn_blocking(move || {
                 let wrapped = encode_snapshot(group, index, &incarnation, &snapshot.data);
-                write_atomically(&dir, group, &wrapped).map(|()| wrapped)
+                let mut newest = written.lock().unwrap_or_else(|e| e.into_inner());
+                if newest.get(&group).is_some_and(|i| *i > index) {
+                    // A newer snapshot of the group is already on disk.
+                    return Ok(wrapped);
+                }
+                write_atomically(&dir, group, &wrapped)?;
+                newest.insert(group, index);
+                Ok::<_, std::io::Error>(wrapped)
             })
             .await
             .map_err(|e| format!("snapshot write task: {e}"))?
@@ -264,31 +279,48 @@ impl SnapshotStore for NodeSnapshots {
 
     fn load(&self, group: GroupId) -> BoxFuture<'_, Result<Option<StoredSnapshot>, String>> {
         async move {
-            let path = local_file(&self.dir, group);
-            let shown = path.display().to_string();
-            let local = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(format!("read {}: {e}", path.display())),
-            })
-            .await
-            .map_err(|e| format!("snapshot read task: {e}"))??;
-            if let Some(data) = local {
-                match self.unwrap(&shown, &data) {
-                    Ok(snapshot) => {
-                        // The node may have died before this snapshot reached the bucket.
-                        self.pending_uploads
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .entry(group)
-                            .or_insert((snapshot.last_log_index, Bytes::from(data)));
-                        return Ok(Some(snapshot));
-                    }
-                    Err(err) => tracing::error!(group, %err, "local snapshot is unusable; trying the bucket"),
-                }
+            match self.load_local(group).await? {
+                Some(snapshot) => Ok(Some(snapshot)),
+                None => self.load_from_bucket(group).await,
             }
-            self.load_from_bucket(group).await
         }
         .boxed()
+    }
+}
+
+impl NodeSnapshots {
+    /// The group's snapshot in the data directory, if there is a usable one.
+    pub async fn load_local(&self, group: GroupId) -> Result<Option<StoredSnapshot>, String> {
+        let path = local_file(&self.dir, group);
+        let shown = path.display().to_string();
+        let local = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("read {}: {e}", path.display())),
+        })
+        .await
+        .map_err(|e| format!("snapshot read task: {e}"))??;
+        let Some(data) = local else {
+            return Ok(None);
+        };
+        match self.unwrap(&shown, &data) {
+            Ok(snapshot) => {
+                self.written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(group, snapshot.last_log_index);
+                // The node may have died before this snapshot reached the bucket.
+                self.pending_uploads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(group)
+                    .or_insert((snapshot.last_log_index, Bytes::from(data)));
+                Ok(Some(snapshot))
+            }
+            Err(err) => {
+                tracing::error!(group, %err, "local snapshot is unusable");
+                Ok(None)
+            }
+        }
     }
 }

@@ -83,12 +83,23 @@ impl Broker {
 
     /// Healthy when the metadata group has a leader.
     pub fn health(&self) -> Result<(), String> {
-        let m = self.node.metadata_raft.metrics();
-        let m = m.borrow();
-        if m.current_leader.is_some() {
-            Ok(())
-        } else {
-            Err("metadata group has no leader".into())
+        {
+            let m = self.node.metadata_raft.metrics();
+            let m = m.borrow();
+            if m.current_leader.is_none() {
+                return Err("metadata group has no leader".into());
+            }
         }
+        // A group whose Raft core stopped (a storage error) no longer replicates: the node
+        // must not look healthy.
+        for p in self.partitions.all() {
+            if let Err(e) = &p.raft.metrics().borrow().running_state {
+                return Err(format!(
+                    "raft group of {}-{} stopped: {e}",
+                    p.topic, p.index
+                ));
+            }
+        }
+        Ok(())
     }
 }

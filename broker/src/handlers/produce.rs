@@ -166,10 +166,7 @@ impl Broker {
         // Count the batch as untiered now, not at the tiering loop's next refresh: between
         // refreshes a fast producer could otherwise run far past max_untiered_bytes. (The
         // refresh replaces this with the exact sum, dropping what failed to append.)
-        self.tier
-            .stats
-            .untiered_bytes
-            .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.tier.note_appended(records.len() as u64);
         match partition
             .raft
             .client_write_ff(append_command(&records))

@@ -83,6 +83,10 @@ pub struct Tier {
     config: TierConfig,
     cache: ChunkCache,
     pub stats: TierStats,
+    /// Wakes the tiering loop before its interval when a chunk's worth of data is waiting.
+    wake: tokio::sync::Notify,
+    /// When each partition group last snapshotted (at most one snapshot per interval).
+    snapshotted: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
 }
 
 impl Tier {
@@ -92,7 +96,48 @@ impl Tier {
             bucket,
             config,
             stats: TierStats::default(),
+            wake: tokio::sync::Notify::new(),
+            snapshotted: Default::default(),
         })
+    }
+
+    /// Counts `bytes` just appended as untiered (until the next step recounts exactly) and
+    /// starts a step early once a chunk's worth is waiting: the tail held in memory (and
+    /// carried by snapshots) stays around `chunk_bytes` instead of one interval of data.
+    pub fn note_appended(&self, bytes: u64) {
+        let total = self
+            .stats
+            .untiered_bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
+        if total >= self.config.chunk_bytes as u64 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Snapshots a partition group if it applied entries since its last snapshot and the
+    /// last one is at least an interval old.
+    async fn snapshot_if_due(&self, p: &Partition) {
+        let (applied, snapshot) = {
+            let m = p.raft.metrics();
+            let m = m.borrow();
+            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+        };
+        if applied <= snapshot {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        {
+            let mut last = self.snapshotted.lock();
+            if last
+                .get(&p.group)
+                .is_some_and(|t| now.duration_since(*t) < self.config.interval)
+            {
+                return;
+            }
+            last.insert(p.group, now);
+        }
+        let _ = p.raft.trigger().snapshot().await;
     }
 
     pub fn cache(&self) -> &ChunkCache {
@@ -164,15 +209,24 @@ impl Tier {
             let period = tier.config.interval;
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failed = false;
             loop {
-                tick.tick().await;
-                tier.step(&registry, node_id).await;
+                if failed {
+                    // The bucket is failing: retry on the clock, not on every produce.
+                    tick.tick().await;
+                } else {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = tier.wake.notified() => {}
+                    }
+                }
+                failed = tier.step(&registry, node_id).await;
             }
         });
     }
 
-    /// One pass over the partitions this node leads.
-    pub async fn step(self: &Arc<Self>, registry: &Registry, node_id: u64) {
+    /// One pass over the partitions this node leads; true when some partition failed.
+    pub async fn step(self: &Arc<Self>, registry: &Registry, node_id: u64) -> bool {
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         for p in registry.all().into_iter().filter(|p| p.is_leader(node_id)) {
@@ -192,14 +246,7 @@ impl Tier {
         // chunks are in their manifest, a snapshot (manifest + the short tail) lets them
         // purge it, as the leader does after each step.
         for p in registry.all().into_iter().filter(|p| !p.is_leader(node_id)) {
-            let (applied, snapshot) = {
-                let m = p.raft.metrics();
-                let m = m.borrow();
-                (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
-            };
-            if applied > snapshot {
-                let _ = p.raft.trigger().snapshot().await;
-            }
+            self.snapshot_if_due(&p).await;
         }
         let mut results: Vec<Result<bool, String>> = Vec::new();
         while let Some(r) = tasks.join_next().await {
@@ -218,6 +265,7 @@ impl Tier {
         } else if untiered == 0 {
             self.stats.lag_ticks.store(0, Ordering::Relaxed);
         }
+        failed
     }
 
     /// Ships everything untiered when the step starts, one chunk per `chunk_bytes`, then
@@ -236,14 +284,7 @@ impl Tier {
             }
             tiered = true;
         }
-        let (applied, snapshot) = {
-            let m = p.raft.metrics();
-            let m = m.borrow();
-            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
-        };
-        if applied > snapshot {
-            let _ = p.raft.trigger().snapshot().await;
-        }
+        self.snapshot_if_due(p).await;
         Ok(tiered)
     }
 
