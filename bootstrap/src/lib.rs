@@ -360,7 +360,13 @@ impl Node {
                     return true;
                 }
             }
-            let Some(addr) = config.raft_addr.as_deref() else {
+            // The address the others reach this node at: its --peers entry.
+            let Some(addr) = config
+                .peers
+                .get(&self.node_id)
+                .or(config.raft_addr.as_ref())
+                .map(String::as_str)
+            else {
                 continue;
             };
             for peer in config.peers.keys().filter(|p| **p != self.node_id) {

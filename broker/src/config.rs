@@ -25,7 +25,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `file://…`, `s3://bucket/prefix`, `gs://…`, `az://…`; default `<data_dir>/bucket`.
     pub bucket: Option<String>,
-    /// Where the Raft transport listens; defaults to this node's entry in `peers`.
+    /// Where the Raft transport listens; defaults to this node's entry in `peers` (which is
+    /// the address the other nodes use, e.g. behind 0.0.0.0 or a proxy).
     pub raft_addr: Option<String>,
     /// Every node of a cluster: `ID@HOST:PORT,…` (Raft addresses), this node included.
     pub peers: Option<String>,
@@ -171,8 +172,8 @@ impl Config {
         Ok(())
     }
 
-    /// The peer list (empty for a single node) and this node's Raft address, checked for
-    /// consistency: the node is in its own list, at its own `raft_addr`.
+    /// The peer list (empty for a single node) and this node's Raft listen address,
+    /// checked for consistency: the node is in its own list.
     pub fn cluster(&self) -> anyhow::Result<(BTreeMap<u64, String>, Option<String>)> {
         let peers = match &self.peers {
             Some(spec) => chronik_metastore::network::parse_peers(spec)
@@ -192,14 +193,11 @@ impl Config {
                 peers.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
             );
         };
+        // The listen address may differ from the address peers use (0.0.0.0, a proxy, a
+        // NAT); a peer that reaches the wrong node is refused by the transport, which
+        // checks the node id in every message.
         let raft_addr = self.raft_addr.clone().unwrap_or_else(|| mine.clone());
         parse_addr("raft-addr", &raft_addr)?;
-        if &raft_addr != mine {
-            bail!(
-                "--raft-addr {raft_addr} differs from this node's entry in --peers ({}@{mine}); they must be the same address",
-                self.node_id
-            );
-        }
         Ok((peers, Some(raft_addr)))
     }
 

@@ -84,6 +84,8 @@ pub async fn open_with(
 ) -> anyhow::Result<Arc<Broker>> {
     let advertised = config.advertised()?;
     let (peers, raft_addr) = config.cluster()?;
+    // What other nodes dial: this node's --peers entry (the listen address may be 0.0.0.0).
+    let reachable_at = peers.get(&config.node_id).cloned().or(raft_addr.clone());
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create --data-dir {}", config.data_dir.display()))?;
     let bucket_url = match &config.bucket {
@@ -134,7 +136,7 @@ pub async fn open_with(
             snapshots_kept: config.snapshots_kept,
             incarnation: incarnation.incarnation.clone(),
             peers,
-            raft_addr: raft_addr.clone(),
+            raft_addr,
         },
         raft_listener,
     )
@@ -152,7 +154,7 @@ pub async fn open_with(
         node_id: config.node_id,
         host: advertised.0.clone(),
         port: advertised.1,
-        raft_addr,
+        raft_addr: reachable_at,
     };
     if meta.brokers.get(&config.node_id) != Some(&me) {
         node.propose_metadata(&MetadataCommand::RegisterBroker(me))
