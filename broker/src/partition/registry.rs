@@ -36,8 +36,10 @@ pub struct Partition {
     pub log: Arc<RwLock<PartitionLog>>,
     pub topic_id: uuid::Uuid,
     tier: Arc<Tier>,
-    /// A membership change is under way (only one at a time).
+    /// A membership change or a leadership hand-off is under way (one at a time).
     moving: std::sync::atomic::AtomicBool,
+    /// Since when the preferred leader has been a caught-up follower of this leader.
+    preferred_ready_since: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 impl Partition {
@@ -257,6 +259,7 @@ impl Registry {
                 log,
                 tier: self.tier.clone(),
                 moving: Default::default(),
+                preferred_ready_since: Default::default(),
             });
             self.partitions.write().insert((topic, index), partition);
         }
@@ -303,7 +306,11 @@ impl Registry {
             }
             let mut want = pm.replicas.clone();
             want.sort_unstable();
-            if voters == want || p.moving.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            if voters == want {
+                self.balance(&p, pm.replicas.first().copied());
+                continue;
+            }
+            if p.moving.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 continue;
             }
             let addresses: Vec<(NodeId, String)> = want
@@ -379,6 +386,44 @@ impl Registry {
         for p in self.all() {
             self.node.stop_group(p.group, &p.raft).await;
         }
+    }
+}
+
+impl Registry {
+    /// Preferred-leader balancing: the first replica of a partition is its preferred
+    /// leader (replica lists are spread over the nodes at creation, so leadership is
+    /// too). When it has been a caught-up voter for a while — e.g. it came back after a
+    /// crash — the current leader hands leadership back to it.
+    fn balance(&self, p: &Arc<Partition>, preferred: Option<NodeId>) {
+        const SETTLE: Duration = Duration::from_secs(5);
+        let me = self.node.node_id;
+        let ready = preferred.filter(|n| *n != me).filter(|n| {
+            let m = p.raft.metrics();
+            let m = m.borrow();
+            let last = m.last_log_index;
+            m.replication.as_ref().is_some_and(|r| {
+                r.get(n)
+                    .is_some_and(|matched| matched.map(|l| l.index) == last)
+            })
+        });
+        let mut since = p.preferred_ready_since.lock();
+        let Some(to) = ready else {
+            *since = None;
+            return;
+        };
+        let started = *since.get_or_insert_with(std::time::Instant::now);
+        if started.elapsed() < SETTLE || p.moving.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        *since = None;
+        let (p, transport) = (p.clone(), self.node.transport.clone());
+        tokio::spawn(async move {
+            let moved =
+                chronik_metastore::network::hand_off(&transport, &p.raft, p.group, to).await;
+            tracing::info!(topic = %p.topic, partition = p.index, to, moved, "handed leadership to the preferred replica");
+            p.moving.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 }
 

@@ -367,9 +367,102 @@ impl Transport {
                     Err(e) => Err(ProposeError::Failed(e.to_string())),
                 })
             }
+            RpcRequest::Steer {
+                campaign,
+                window_ms,
+            } => {
+                steer(raft, campaign, Duration::from_millis(window_ms));
+                RpcReply::Steered
+            }
             RpcRequest::Join { .. } => RpcReply::Refused("join handled above".into()),
         }
     }
+}
+
+/// Hands leadership of `group` (led by this node) to `to`, its preferred leader: the
+/// other voters hold back their elections, this leader stops heartbeats, and `to`
+/// campaigns once the leader lease has run out. openraft 0.9 has no leadership transfer;
+/// this builds one from its runtime switches. If the hand-off does not happen within the
+/// window (writes keep the lease alive, `to` fails) everything switches back and this
+/// node simply stays leader.
+pub async fn hand_off(transport: &Transport, raft: &Raft, group: GroupId, to: NodeId) -> bool {
+    let (voters, hint) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().collect::<Vec<_>>(),
+            membership.get_node(&to).map(|n| n.addr.clone()),
+        )
+    };
+    let config = raft.config();
+    let window = Duration::from_millis(config.election_timeout_max * 4 + config.heartbeat_interval);
+    let window_ms = window.as_millis() as u64;
+    for other in voters.iter().filter(|v| **v != to && **v != transport.node_id) {
+        let request = RpcRequest::Steer {
+            campaign: false,
+            window_ms,
+        };
+        if transport
+            .call(*other, None, group, request, transport.timeout)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    let request = RpcRequest::Steer {
+        campaign: true,
+        window_ms,
+    };
+    if transport
+        .call(to, hint.as_deref(), group, request, transport.timeout)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    steer(raft.clone(), false, window);
+    raft.runtime_config().heartbeat(false);
+    let mut metrics = raft.metrics();
+    let moved = tokio::time::timeout(window, async {
+        loop {
+            if metrics.borrow_and_update().current_leader == Some(to) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    raft.runtime_config().heartbeat(true);
+    moved
+}
+
+/// Applies a [`RpcRequest::Steer`] locally.
+fn steer(raft: Raft, campaign: bool, window: Duration) {
+    tokio::spawn(async move {
+        if campaign {
+            let config = raft.config().clone();
+            // The old leader's lease (election_timeout_max) must run out before anyone
+            // grants a vote; try a few times within the window.
+            let wait = Duration::from_millis(config.election_timeout_max + config.heartbeat_interval);
+            let deadline = tokio::time::Instant::now() + window;
+            while tokio::time::Instant::now() + wait < deadline {
+                tokio::time::sleep(wait).await;
+                if raft.metrics().borrow().state == openraft::ServerState::Leader {
+                    return;
+                }
+                let _ = raft.trigger().elect().await;
+            }
+        } else {
+            raft.runtime_config().elect(false);
+            tokio::time::sleep(window).await;
+            raft.runtime_config().elect(true);
+        }
+    });
 }
 
 /// Creates per-peer clients for one Raft group.

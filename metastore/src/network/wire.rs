@@ -42,6 +42,10 @@ pub enum RpcRequest {
         node: NodeId,
         raft_addr: String,
     },
+    /// Leadership hand-off, sent by a group's leader: `campaign` asks the receiver to take
+    /// over (it campaigns once the leader's lease has run out), otherwise the receiver
+    /// holds back its own elections for `window_ms` so that the chosen node wins.
+    Steer { campaign: bool, window_ms: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,6 +57,7 @@ pub enum RpcReply {
     ),
     Proposed(Result<CommandResponse, ProposeError>),
     Joined(Result<(), String>),
+    Steered,
     /// The receiver will not handle this envelope (another cluster, another node id, a
     /// group it does not run); the text says why.
     Refused(String),
