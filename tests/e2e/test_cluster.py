@@ -368,6 +368,29 @@ def test_fourth_node_joins_and_takes_a_replica(cluster):
     assert not dr.errors and dr.ok[0].offset() == len(recs)
 
 
+# ---- leadership returns to the preferred replica ---------------------------------------------
+
+def test_leadership_returns_to_the_preferred_replica_after_a_restart(cluster):
+    topic = "cl-balance"
+    leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
+    replicas = cluster.metadata([topic]).topics[topic].partitions
+    preferred = {p: pm.replicas[0] for p, pm in replicas.items()}
+    assert leaders == preferred, "at creation every partition is led by its first replica"
+    produce_numbered(cluster, topic, 0, 600)
+
+    victim = cluster.nodes[leaders[0]]
+    victim.kill9()
+    moved = cluster.wait_leaders(topic, PARTS, exclude={victim.node_id})
+    assert moved[0] != victim.node_id
+    victim.start()
+    cluster.wait_brokers(3)
+    # Once it has caught up (and stayed so for a few seconds) its partitions come back.
+    wait_until(lambda: cluster.wait_leaders(topic, PARTS) == preferred, timeout=45,
+               interval=0.5, what="leadership back on each partition's first replica")
+    produce_numbered(cluster, topic, 600, 600)
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 1200)
+
+
 # ---- 7. inconsistent peer lists are refused ---------------------------------------------------
 
 def serve_refused(tmp_path: Path, node_id: int, peers: str) -> subprocess.CompletedProcess:
