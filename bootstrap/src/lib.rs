@@ -32,7 +32,7 @@ use chronik_metastore::metadata::{
     MetadataResponse, MetadataState,
 };
 use chronik_metastore::network::wire::ProposeError;
-use chronik_metastore::network::{server, Transport};
+use chronik_metastore::network::{server, CallError, Transport};
 use chronik_metastore::snapshot_store::SnapshotStore;
 use chronik_metastore::state_machine::{ApplyState, StateMachine};
 use chronik_metastore::types::Vote;
@@ -221,9 +221,7 @@ impl Node {
         };
         node.serve_joins();
         let timeout = Duration::from_secs(60);
-        if !node.join_metadata(&config, timeout).await {
-            return Err(BootstrapError::NoLeader(timeout));
-        }
+        node.join_metadata(&config, timeout).await?;
         // Everything recovered from the WAL is applied before the node serves metadata.
         let last_log = node.metadata_raft.metrics().borrow().last_log_index;
         node.metadata_raft
@@ -341,13 +339,17 @@ impl Node {
 
     /// Waits until the metadata group has a leader. A node the group does not know (new to
     /// a running cluster) asks its peers to add it as a learner meanwhile.
-    async fn join_metadata(&self, config: &NodeConfig, timeout: Duration) -> bool {
+    async fn join_metadata(
+        &self,
+        config: &NodeConfig,
+        timeout: Duration,
+    ) -> Result<(), BootstrapError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut asked = false;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
-                return false;
+                return Err(BootstrapError::NoLeader(timeout));
             }
             let step = remaining.min(Duration::from_secs(2));
             if wait_leader(&self.metadata_raft, step).await.is_some() {
@@ -357,7 +359,7 @@ impl Node {
                     .get_node(&self.node_id)
                     .is_some()
                 {
-                    return true;
+                    return Ok(());
                 }
             }
             // The address the others reach this node at: its --peers entry.
@@ -377,6 +379,11 @@ impl Node {
                         }
                         asked = true;
                         break;
+                    }
+                    // Another cluster's node, or a peer list pointing at the wrong node:
+                    // waiting cannot fix that.
+                    Err(err @ CallError::Misconfigured { .. }) => {
+                        return Err(BootstrapError::Fenced(err.to_string()))
                     }
                     Err(err) => {
                         tracing::info!(peer, %err, "waiting for the cluster's metadata leader")

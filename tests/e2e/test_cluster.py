@@ -419,3 +419,16 @@ def test_inconsistent_peer_lists_are_refused(tmp_path):
     assert r.returncode != 0, f"a duplicate id in --peers started (exit 0): {msg}"
     assert "--peers" in msg and "2" in msg and ("twice" in msg or "duplicate" in msg.lower()), \
         f"message does not name the duplicate id: {msg!r}"
+
+
+def test_a_node_of_another_cluster_is_refused(cluster, tmp_path):
+    cluster.create_topic("cl-foreign", 1, replication_factor=3)
+    # Node 4 has a bucket (and so a cluster incarnation) of its own, but lists the running
+    # cluster's nodes as peers: they must refuse it, and it must say why and stop.
+    peers = cluster.peers_spec([1, 2, 3]) + f",4@127.0.0.1:{unique_port()}"
+    r = serve_refused(tmp_path, 4, peers)
+    msg = r.stderr + r.stdout
+    assert r.returncode != 0, f"a node of another cluster started (exit 0): {msg[-2000:]}"
+    assert "another cluster" in msg and "incarnation" in msg, msg[-2000:]
+    # The cluster did not take it in.
+    assert sorted(cluster.metadata().brokers) == [1, 2, 3]

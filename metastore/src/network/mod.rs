@@ -51,6 +51,8 @@ pub enum CallError {
     },
     #[error("node {node} refused: {message}")]
     Refused { node: NodeId, message: String },
+    #[error("node {node} refused: {message}")]
+    Misconfigured { node: NodeId, message: String },
     #[error("node {node} answered with something unexpected: {message}")]
     Protocol { node: NodeId, message: String },
 }
@@ -228,13 +230,17 @@ impl Transport {
                 node: target,
                 message,
             })?;
-        if let RpcReply::Refused(message) = reply {
-            return Err(CallError::Refused {
+        match reply {
+            RpcReply::Refused(message) => Err(CallError::Refused {
                 node: target,
                 message,
-            });
+            }),
+            RpcReply::Misconfigured(message) => Err(CallError::Misconfigured {
+                node: target,
+                message,
+            }),
+            reply => Ok(reply),
         }
-        Ok(reply)
     }
 
     /// Applies `command` on `group` through its leader: locally when this node leads,
@@ -329,13 +335,13 @@ impl Transport {
     pub async fn handle(&self, envelope: Envelope) -> RpcReply {
         self.received.fetch_add(1, Ordering::Relaxed);
         if envelope.incarnation != self.incarnation {
-            return RpcReply::Refused(format!(
+            return RpcReply::Misconfigured(format!(
                 "node {} belongs to cluster incarnation {}, but node {} is of incarnation {}: a node of another cluster must not join this one (check --peers and --bucket)",
                 self.node_id, self.incarnation, envelope.from, envelope.incarnation
             ));
         }
         if envelope.to != self.node_id {
-            return RpcReply::Refused(format!(
+            return RpcReply::Misconfigured(format!(
                 "node {} was sent a message meant for node {}: the peer list of node {} names the wrong address for node {}",
                 self.node_id, envelope.to, envelope.from, envelope.to
             ));
@@ -398,7 +404,10 @@ pub async fn hand_off(transport: &Transport, raft: &Raft, group: GroupId, to: No
     let config = raft.config();
     let window = Duration::from_millis(config.election_timeout_max * 4 + config.heartbeat_interval);
     let window_ms = window.as_millis() as u64;
-    for other in voters.iter().filter(|v| **v != to && **v != transport.node_id) {
+    for other in voters
+        .iter()
+        .filter(|v| **v != to && **v != transport.node_id)
+    {
         let request = RpcRequest::Steer {
             campaign: false,
             window_ms,
@@ -448,7 +457,8 @@ fn steer(raft: Raft, campaign: bool, window: Duration) {
             let config = raft.config().clone();
             // The old leader's lease (election_timeout_max) must run out before anyone
             // grants a vote; try a few times within the window.
-            let wait = Duration::from_millis(config.election_timeout_max + config.heartbeat_interval);
+            let wait =
+                Duration::from_millis(config.election_timeout_max + config.heartbeat_interval);
             let deadline = tokio::time::Instant::now() + window;
             while tokio::time::Instant::now() + wait < deadline {
                 tokio::time::sleep(wait).await;
@@ -511,7 +521,7 @@ impl PeerClient {
     fn failed<E: std::error::Error>(&self, err: CallError) -> RPCError<NodeId, BasicNode, E> {
         match err {
             CallError::Protocol { .. } => RPCError::Network(NetworkError::new(&err)),
-            CallError::Refused { ref message, .. } if !message.contains("(yet)") => {
+            CallError::Misconfigured { .. } => {
                 tracing::warn!(group = self.group, target = self.target, %err, "raft peer refused");
                 RPCError::Unreachable(Unreachable::new(&err))
             }

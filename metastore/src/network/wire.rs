@@ -45,7 +45,10 @@ pub enum RpcRequest {
     /// Leadership hand-off, sent by a group's leader: `campaign` asks the receiver to take
     /// over (it campaigns once the leader's lease has run out), otherwise the receiver
     /// holds back its own elections for `window_ms` so that the chosen node wins.
-    Steer { campaign: bool, window_ms: u64 },
+    Steer {
+        campaign: bool,
+        window_ms: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,9 +61,12 @@ pub enum RpcReply {
     Proposed(Result<CommandResponse, ProposeError>),
     Joined(Result<(), String>),
     Steered,
-    /// The receiver will not handle this envelope (another cluster, another node id, a
-    /// group it does not run); the text says why.
+    /// The receiver will not handle this envelope (a group it does not run); the text
+    /// says why.
     Refused(String),
+    /// The sender is misconfigured: it is of another cluster, or its peer list sent this
+    /// to the wrong node. Retrying cannot help.
+    Misconfigured(String),
 }
 
 /// Why a forwarded proposal was not applied.
