@@ -420,13 +420,7 @@ impl Node {
 
     /// The metadata group's leader (the controller Kafka clients are told of), if known.
     pub fn metadata_leader(&self) -> Option<NodeId> {
-        let m = self.metadata_raft.metrics();
-        let m = m.borrow();
-        if m.state == ServerState::Leader {
-            Some(m.id)
-        } else {
-            m.current_leader
-        }
+        leader_of(&self.metadata_raft)
     }
 
     /// The current cluster metadata.
@@ -516,6 +510,18 @@ async fn start_group<A: ApplyState>(
         }
     }
     Ok(raft)
+}
+
+/// The group's leader as this node knows it: itself when it leads, else the leader it
+/// last heard from.
+pub fn leader_of(raft: &Raft) -> Option<NodeId> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    if m.state == ServerState::Leader {
+        Some(m.id)
+    } else {
+        m.current_leader
+    }
 }
 
 /// Waits until the group has a leader (any node) and returns its id; `None` on timeout.

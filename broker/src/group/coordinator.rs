@@ -175,13 +175,7 @@ impl Coordinator {
 
     /// The node that coordinates groups now (the offsets group's leader), if known.
     pub fn coordinator_node(&self) -> Option<NodeId> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        if m.state == ServerState::Leader {
-            Some(m.id)
-        } else {
-            m.current_leader
-        }
+        chronik_bootstrap::leader_of(&self.raft)
     }
 
     pub async fn shutdown(&self) {

@@ -44,13 +44,7 @@ pub struct Partition {
 
 impl Partition {
     pub fn leader(&self) -> Option<NodeId> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        if m.state == ServerState::Leader {
-            Some(m.id)
-        } else {
-            m.current_leader
-        }
+        chronik_bootstrap::leader_of(&self.raft)
     }
 
     pub fn is_leader(&self, node: NodeId) -> bool {
@@ -412,8 +406,7 @@ impl Registry {
             return;
         };
         let started = *since.get_or_insert_with(std::time::Instant::now);
-        if started.elapsed() < SETTLE || p.moving.swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if started.elapsed() < SETTLE || p.moving.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
         *since = None;
