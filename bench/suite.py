@@ -395,7 +395,9 @@ def write_markdown(r):
     ]
     for p, pct in r["idle_cpu_pct"].items():
         lines.append(f"| {p} | {pct:.1f} | 0 (single node: no peers) |")
-    lines.append("")
+    lines += ["", "A 3-node cluster's idle cost (CPU and Raft messages per second with 1, 100 and "
+              "300 partitions) and the time a new node takes to serve a partition are in "
+              "[`BENCHMARKS_CLUSTER.md`](BENCHMARKS_CLUSTER.md) (`bench/cluster.py`).", ""]
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text()]
