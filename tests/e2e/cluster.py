@@ -10,6 +10,7 @@ are visible exactly as the broker sends them.
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import time
 from collections import defaultdict
@@ -56,6 +57,7 @@ class PartitionMeta:
     leader: int
     replicas: list
     isr: list
+    leader_epoch: int = -1  # Metadata v7+ only (v1 does not carry it)
 
 
 @dataclass
@@ -103,6 +105,56 @@ def metadata(port: int, topics: list[str] | None = None, timeout: float = 10.0) 
         if payload is None:
             raise ConnectionError(f"port {port} closed the connection instead of answering Metadata")
         return parse_metadata_v1_full(payload, corr)
+
+
+def metadata_v7_request(correlation_id: int, topics: list[str] | None = None) -> bytes:
+    """Metadata v7 (the last non-flexible version; the first with leader epochs)."""
+    if topics is None:
+        body = struct.pack(">i", -1)
+    else:
+        body = struct.pack(">i", len(topics)) + b"".join(kwire.enc_string(t) for t in topics)
+    body += struct.pack(">b", 0)  # allow_auto_topic_creation = false
+    return kwire.request(kwire.API_METADATA, 7, correlation_id, body)
+
+
+def parse_metadata_v7(payload: bytes, correlation_id: int) -> ClusterMeta:
+    r = kwire.Reader(payload)
+    corr = r.i32()
+    if corr != correlation_id:
+        raise ValueError(f"correlation id {corr} != {correlation_id}")
+    r.i32()  # throttle_time_ms
+    brokers = {}
+    for _ in range(r.i32()):
+        node_id, host, port, _rack = r.i32(), r.string(), r.i32(), r.string()
+        brokers[node_id] = (host, port)
+    r.string()  # cluster_id
+    controller = r.i32()
+    topics = {}
+    for _ in range(r.i32()):
+        err, name, _internal = r.i16(), r.string(), r.i8()
+        t = TopicMeta(err, name)
+        for _ in range(r.i32()):
+            perr, pid, leader, epoch = r.i16(), r.i32(), r.i32(), r.i32()
+            replicas = [r.i32() for _ in range(r.i32())]
+            isr = [r.i32() for _ in range(r.i32())]
+            for _ in range(r.i32()):  # offline replicas
+                r.i32()
+            t.partitions[pid] = PartitionMeta(perr, pid, leader, replicas, isr, epoch)
+        topics[name] = t
+    if r.remaining():
+        raise ValueError(f"{r.remaining()} bytes left over after Metadata v7")
+    return ClusterMeta(brokers, controller, topics)
+
+
+def metadata_v7(port: int, topics: list[str] | None = None, timeout: float = 10.0) -> ClusterMeta:
+    """Like metadata(), with each partition's leader_epoch as the node reports it."""
+    corr = 9
+    with kwire.Conn(port, timeout=timeout) as c:
+        c.send(metadata_v7_request(corr, topics))
+        payload = c.recv_frame(timeout)
+        if payload is None:
+            raise ConnectionError(f"port {port} closed the connection instead of answering Metadata")
+        return parse_metadata_v7(payload, corr)
 
 
 # ---- nodes and clusters --------------------------------------------------------------------
