@@ -282,18 +282,24 @@ impl PartitionLog {
         self.batches.iter().map(|b| b.bytes as u64).sum()
     }
 
-    /// The oldest untiered batches, up to `max_bytes` (at least one): the next chunk.
-    pub fn untiered_prefix(&self, max_bytes: usize) -> Vec<BatchLocation> {
-        let mut out = Vec::new();
+    /// The untiered batches below `end`, cut into consecutive chunks of about
+    /// `chunk_bytes` each (at least one batch per chunk).
+    pub fn untiered_chunks(&self, chunk_bytes: usize, end: i64) -> Vec<Vec<BatchLocation>> {
+        let mut chunks: Vec<Vec<BatchLocation>> = Vec::new();
+        let mut current = Vec::new();
         let mut total = 0usize;
-        for b in &self.batches {
-            if !out.is_empty() && total + b.bytes as usize > max_bytes {
-                break;
+        for b in self.batches.iter().take_while(|b| b.base_offset < end) {
+            if !current.is_empty() && total + b.bytes as usize > chunk_bytes {
+                chunks.push(std::mem::take(&mut current));
+                total = 0;
             }
             total += b.bytes as usize;
-            out.push(b.clone());
+            current.push(b.clone());
         }
-        out
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        chunks
     }
 
     /// The first chunk or tail batch whose max timestamp is at or after `timestamp`.

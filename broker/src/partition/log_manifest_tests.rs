@@ -151,3 +151,21 @@ fn snapshot_carries_log_start_and_the_gc_list() {
     assert_eq!(restored.deleted(), log.deleted());
     assert_eq!(restored.chunks(), log.chunks());
 }
+
+#[test]
+fn the_untiered_tail_is_cut_into_chunks_below_the_end() {
+    let log = log_with_chunks();
+    // Four tail batches (offsets 12..20) of equal size.
+    let size = log.tail()[0].bytes as usize;
+    let all = log.untiered_chunks(2 * size, i64::MAX);
+    let bases: Vec<Vec<i64>> = all
+        .iter()
+        .map(|c| c.iter().map(|b| b.base_offset).collect())
+        .collect();
+    assert_eq!(bases, vec![vec![12, 14], vec![16, 18]]);
+    // A chunk limit below one batch still makes progress: one batch per chunk.
+    assert_eq!(log.untiered_chunks(1, i64::MAX).len(), 4);
+    // Nothing at or past `end` is included.
+    let below: usize = log.untiered_chunks(usize::MAX, 16).iter().map(Vec::len).sum();
+    assert_eq!(below, 2);
+}

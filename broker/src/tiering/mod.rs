@@ -272,61 +272,76 @@ impl Tier {
     /// snapshots the partition once (its tail is smallest now) so the WAL can be purged.
     /// `Ok(true)` when a chunk was tiered.
     async fn tier_partition(&self, p: &Arc<Partition>) -> Result<bool, String> {
+        use futures::StreamExt;
         let end = p.log.read().high_watermark();
+        let pieces = p.log.read().untiered_chunks(self.config.chunk_bytes, end);
+        // Build and upload a few chunks at once (one upload at a time cannot keep up with
+        // a fast producer), and commit them to the manifest strictly in offset order.
+        let mut uploads = futures::stream::iter(
+            pieces
+                .into_iter()
+                .map(|batches| self.upload_chunk(p, batches)),
+        )
+        .buffered(UPLOADS_PER_PARTITION);
         let mut tiered = false;
-        loop {
-            let batches = p.log.read().untiered_prefix(self.config.chunk_bytes);
-            if batches.first().is_none_or(|b| b.base_offset >= end) {
-                break;
-            }
-            if !self.tier_chunk(p, &batches).await? {
+        while let Some(chunk) = uploads.next().await {
+            if !self.commit_chunk(p, chunk?).await? {
                 break;
             }
             tiered = true;
         }
+        drop(uploads);
         self.snapshot_if_due(p).await;
         Ok(tiered)
     }
 
-    /// Uploads `batches` (the oldest of the tail) as one chunk and commits it to the
-    /// manifest; `Ok(false)` when the commit was refused (the tail moved meanwhile).
-    async fn tier_chunk(
+    /// Builds `batches` (consecutive, the oldest of the tail) into one chunk object and
+    /// uploads it.
+    async fn upload_chunk(
         &self,
         p: &Arc<Partition>,
-        batches: &[BatchLocation],
-    ) -> Result<bool, String> {
+        batches: Vec<BatchLocation>,
+    ) -> Result<ChunkRef, String> {
         let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
-            return Ok(false);
+            return Err("empty chunk".into());
         };
         let (base_offset, last_offset) = (first.base_offset, last.last_offset);
-        let mut writer = ChunkWriter::new();
-        let mut max_timestamp = i64::MIN;
-        let mut patched = BytesMut::new();
-        for b in batches {
-            patched.clear();
-            write_with_offset(&mut patched, &b.data, b.base_offset, b.leader_epoch);
-            writer
-                .push_batch(b.base_offset, b.last_offset, b.max_timestamp, &patched)
-                .map_err(|e| format!("build chunk: {e}"))?;
-            max_timestamp = max_timestamp.max(b.max_timestamp);
-        }
-        // zstd compression of up to chunk_bytes: off the async workers.
-        let object = tokio::task::spawn_blocking(move || writer.finish())
-            .await
-            .map_err(|e| format!("build chunk: {e}"))?;
+        // Copying batches in and zstd-compressing them: off the async workers.
+        let (object, max_timestamp) = tokio::task::spawn_blocking(move || {
+            let mut writer = ChunkWriter::new();
+            let mut max_timestamp = i64::MIN;
+            let mut patched = BytesMut::new();
+            for b in &batches {
+                patched.clear();
+                write_with_offset(&mut patched, &b.data, b.base_offset, b.leader_epoch);
+                writer
+                    .push_batch(b.base_offset, b.last_offset, b.max_timestamp, &patched)
+                    .map_err(|e| format!("build chunk: {e}"))?;
+                max_timestamp = max_timestamp.max(b.max_timestamp);
+            }
+            Ok::<_, String>((writer.finish(), max_timestamp))
+        })
+        .await
+        .map_err(|e| format!("build chunk: {e}"))??;
         let key = layout::chunk_key(p.topic_id, p.index, base_offset, last_offset);
         let size = object.len() as u64;
         if let Err(e) = self.bucket.put(&key, object).await {
             self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
             return Err(format!("upload {key}: {e}"));
         }
-        let chunk = ChunkRef {
+        Ok(ChunkRef {
             key,
             base_offset,
             last_offset,
             max_timestamp,
             size,
-        };
+        })
+    }
+
+    /// Records an uploaded chunk in the partition manifest (a Raft entry, so every replica
+    /// has it); `Ok(false)` when the commit was refused (the tail moved meanwhile).
+    async fn commit_chunk(&self, p: &Arc<Partition>, chunk: ChunkRef) -> Result<bool, String> {
+        let size = chunk.size;
         let resp = p
             .raft
             .client_write(chunk_tiered_command(&chunk))
@@ -349,6 +364,9 @@ impl Tier {
         Ok(true)
     }
 }
+
+/// Chunks of one partition built and uploaded at once by a tiering step.
+const UPLOADS_PER_PARTITION: usize = 4;
 
 /// Untiered bytes of every partition on the node.
 fn untiered_bytes(registry: &Registry) -> u64 {
