@@ -211,22 +211,30 @@ impl Tier {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut failed = false;
             loop {
-                if failed {
-                    // The bucket is failing: retry on the clock, not on every produce.
+                // Retention, compaction and GC run on the clock; a step woken early by a
+                // chunk's worth of data only ships it. While the bucket fails, retry on the
+                // clock, not on every produce.
+                let upkeep = if failed {
                     tick.tick().await;
+                    true
                 } else {
                     tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = tier.wake.notified() => {}
+                        _ = tick.tick() => true,
+                        _ = tier.wake.notified() => false,
                     }
-                }
-                failed = tier.step(&registry, node_id).await;
+                };
+                failed = tier.step_with(&registry, node_id, upkeep).await;
             }
         });
     }
 
-    /// One pass over the partitions this node leads; true when some partition failed.
+    /// One pass over the partitions this node leads, with their upkeep (retention,
+    /// compaction, GC); true when some partition failed.
     pub async fn step(self: &Arc<Self>, registry: &Registry, node_id: u64) -> bool {
+        self.step_with(registry, node_id, true).await
+    }
+
+    async fn step_with(self: &Arc<Self>, registry: &Registry, node_id: u64, upkeep: bool) -> bool {
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         for p in registry.all().into_iter().filter(|p| p.is_leader(node_id)) {
@@ -236,6 +244,9 @@ impl Tier {
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let tiered = tier.tier_partition(&p).await;
+                if !upkeep {
+                    return tiered;
+                }
                 if let Err(err) = tier.maintain_partition(&p, &retention).await {
                     tracing::warn!(topic = %p.topic, partition = p.index, %err, "partition upkeep failed; retrying next interval");
                 }
