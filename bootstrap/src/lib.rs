@@ -467,7 +467,16 @@ async fn start_group<A: ApplyState>(
     let snapshot = if local_state {
         snapshots.load_local(group).await.map_err(raft_err)?
     } else {
-        store.load(group).await.map_err(raft_err)?
+        let snapshot = store.load(group).await.map_err(raft_err)?;
+        if let Some(snapshot) = &snapshot {
+            // Entries appended from here on follow this snapshot: keep it locally before
+            // there are any, or a restart would find a log that starts after nothing.
+            snapshots
+                .keep_local(group, snapshot)
+                .await
+                .map_err(raft_err)?;
+        }
+        snapshot
     };
     if let Some(snapshot) = snapshot {
         let covered = state_machine.restore(&snapshot.data).map_err(raft_err)?;

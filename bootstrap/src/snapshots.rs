@@ -289,6 +289,36 @@ impl SnapshotStore for NodeSnapshots {
 }
 
 impl NodeSnapshots {
+    /// Keeps a snapshot restored from the bucket as the group's local snapshot, so that a
+    /// restart (which trusts only local state once the WAL has entries) finds it.
+    pub async fn keep_local(
+        &self,
+        group: GroupId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), String> {
+        let (dir, incarnation, written) = (
+            self.dir.clone(),
+            self.incarnation.clone(),
+            self.written.clone(),
+        );
+        let (index, data) = (snapshot.last_log_index, snapshot.data.clone());
+        tokio::task::spawn_blocking(move || {
+            let wrapped = encode_snapshot(group, index, &incarnation, &data);
+            let mut newest = written.lock().unwrap_or_else(|e| e.into_inner());
+            write_atomically(&dir, group, &wrapped)?;
+            newest.insert(group, index);
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| format!("snapshot write task: {e}"))?
+        .map_err(|e| {
+            format!(
+                "keep snapshot of group {group} in {}: {e}",
+                self.dir.display()
+            )
+        })
+    }
+
     /// The group's snapshot in the data directory, if there is a usable one.
     pub async fn load_local(&self, group: GroupId) -> Result<Option<StoredSnapshot>, String> {
         let path = local_file(&self.dir, group);

@@ -55,6 +55,18 @@ def test_empty_node_restores_once_the_owner_is_gone(broker_factory):
     consumer = successor.consumer()
     assign_from_beginning(consumer, "dr", range(2))
     assert len(consume_confluent(consumer, 1000, timeout=60)) == 1000
+    consumer.close()
+
+    # The restored node is an ordinary node from now on: it writes, and a kill -9 restart
+    # recovers from its own data dir (its WAL starts after the restored snapshot).
+    producer = successor.producer({"acks": "all"})
+    dr = DeliveryTracker()
+    produce_all(producer, "dr", ((str(i).encode(), b"y", i % 2, None) for i in range(200)), dr)
+    successor.kill9()
+    successor.start()
+    consumer = successor.consumer()
+    assign_from_beginning(consumer, "dr", range(2))
+    assert len(consume_confluent(consumer, 1200, timeout=60)) == 1200
 
 
 def test_data_dir_of_another_cluster_is_refused(broker_factory):
