@@ -432,3 +432,20 @@ def test_a_node_of_another_cluster_is_refused(cluster, tmp_path):
     assert "another cluster" in msg and "incarnation" in msg, msg[-2000:]
     # The cluster did not take it in.
     assert sorted(cluster.metadata().brokers) == [1, 2, 3]
+
+
+def test_a_second_node_with_a_live_nodes_id_is_refused(cluster, tmp_path):
+    # Same id, peers and bucket as node 2, an empty data dir: node 2's lease in the bucket
+    # keeps being renewed, so this one must refuse to start instead of taking its place.
+    data = tmp_path / "impostor"
+    cmd = [chronik_bin(), "serve", "--node-id", "2",
+           "--kafka-addr", f"127.0.0.1:{unique_port()}", "--http-addr", f"127.0.0.1:{unique_port()}",
+           "--raft-addr", f"127.0.0.1:{unique_port()}", "--peers", cluster.peers_spec([1, 2, 3]),
+           "--data-dir", str(data), "--bucket", f"file://{cluster.bucket_dir}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONIK_")}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
+                       stdin=subprocess.DEVNULL)
+    msg = r.stderr + r.stdout
+    assert r.returncode != 0, f"a second node 2 started: {msg[-2000:]}"
+    assert "node 2 keeps renewing its lease" in msg and "--node-id" in msg, msg[-2000:]
+    assert all(n.is_running() for n in cluster.live())

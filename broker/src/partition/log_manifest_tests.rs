@@ -166,6 +166,10 @@ fn the_untiered_tail_is_cut_into_chunks_below_the_end() {
     // A chunk limit below one batch still makes progress: one batch per chunk.
     assert_eq!(log.untiered_chunks(1, i64::MAX).len(), 4);
     // Nothing at or past `end` is included.
-    let below: usize = log.untiered_chunks(usize::MAX, 16).iter().map(Vec::len).sum();
+    let below: usize = log
+        .untiered_chunks(usize::MAX, 16)
+        .iter()
+        .map(Vec::len)
+        .sum();
     assert_eq!(below, 2);
 }
