@@ -85,6 +85,9 @@ pub struct Tier {
     pub stats: TierStats,
     /// Wakes the tiering loop before its interval when a chunk's worth of data is waiting.
     wake: tokio::sync::Notify,
+    /// Chunks being built and uploaded on the node at once: bounds the memory that
+    /// tiering holds (each is up to `chunk_bytes`, plus its compressed form).
+    uploads: tokio::sync::Semaphore,
     /// When each partition group last snapshotted (at most one snapshot per interval).
     snapshotted: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
 }
@@ -97,6 +100,7 @@ impl Tier {
             config,
             stats: TierStats::default(),
             wake: tokio::sync::Notify::new(),
+            uploads: tokio::sync::Semaphore::new(UPLOADS_PER_NODE),
             snapshotted: Default::default(),
         })
     }
@@ -317,6 +321,11 @@ impl Tier {
             return Err("empty chunk".into());
         };
         let (base_offset, last_offset) = (first.base_offset, last.last_offset);
+        let _permit = self
+            .uploads
+            .acquire()
+            .await
+            .map_err(|e| format!("upload slots: {e}"))?;
         // Copying batches in and zstd-compressing them: off the async workers.
         let (object, max_timestamp) = tokio::task::spawn_blocking(move || {
             let mut writer = ChunkWriter::new();
@@ -378,6 +387,9 @@ impl Tier {
 
 /// Chunks of one partition built and uploaded at once by a tiering step.
 const UPLOADS_PER_PARTITION: usize = 4;
+
+/// Chunks built and uploaded at once on the whole node.
+const UPLOADS_PER_NODE: usize = 4;
 
 /// Untiered bytes of every partition on the node.
 fn untiered_bytes(registry: &Registry) -> u64 {
