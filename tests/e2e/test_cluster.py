@@ -449,3 +449,36 @@ def test_a_second_node_with_a_live_nodes_id_is_refused(cluster, tmp_path):
     assert r.returncode != 0, f"a second node 2 started: {msg[-2000:]}"
     assert "node 2 keeps renewing its lease" in msg and "--node-id" in msg, msg[-2000:]
     assert all(n.is_running() for n in cluster.live())
+
+
+def test_a_whole_cluster_restores_from_the_bucket_alone(cluster):
+    """Every disk lost: three fresh nodes pointed at the bucket get topics, data and
+    committed offsets back."""
+    from confluent_kafka import TopicPartition
+
+    from bucket_sync import all_snapshotted, metric
+
+    topic = "cl-dr"
+    cluster.create_topic(topic, PARTS, replication_factor=3)
+    produce_numbered(cluster, topic, 0, 1500)
+    consumer = cluster.consumer({"group.id": "cl-dr-group", "enable.auto.commit": False})
+    wanted = [TopicPartition(topic, p, 100 + p) for p in range(PARTS)]
+    consumer.commit(offsets=wanted, asynchronous=False)
+    consumer.close()
+    for n in cluster.live():
+        wait_until(lambda: metric(n, "chronik_tiering_untiered_bytes") == 0 and all_snapshotted(n),
+                   timeout=60, what=f"node {n.node_id}'s state to be in snapshots")
+    time.sleep(2.5)  # the offsets group snapshots every second; uploads follow
+
+    for n in cluster.nodes.values():
+        n.kill9()
+    for n in cluster.nodes.values():
+        n.wipe()
+    time.sleep(2.0)  # every node's lease (1.5 s in these tests) has expired: nobody is alive
+    cluster.start()
+    cluster.wait_leaders(topic, PARTS)
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 1500)
+    consumer = cluster.consumer({"group.id": "cl-dr-group"})
+    got = consumer.committed([TopicPartition(topic, p) for p in range(PARTS)], timeout=20)
+    consumer.close()
+    assert [(tp.partition, tp.offset) for tp in got] == [(p, 100 + p) for p in range(PARTS)]
