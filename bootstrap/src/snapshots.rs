@@ -235,29 +235,8 @@ impl NodeSnapshots {
 impl SnapshotStore for NodeSnapshots {
     fn save(&self, group: GroupId, snapshot: StoredSnapshot) -> BoxFuture<'_, Result<(), String>> {
         async move {
-            let dir = self.dir.clone();
-            let incarnation = self.incarnation.clone();
             let index = snapshot.last_log_index;
-            let written = self.written.clone();
-            let wrapped = tokio::task::spawn_blocking(move || {
-                let wrapped = encode_snapshot(group, index, &incarnation, &snapshot.data);
-                let mut newest = written.lock().unwrap_or_else(|e| e.into_inner());
-                if newest.get(&group).is_some_and(|i| *i > index) {
-                    // A newer snapshot of the group is already on disk.
-                    return Ok(wrapped);
-                }
-                write_atomically(&dir, group, &wrapped)?;
-                newest.insert(group, index);
-                Ok::<_, std::io::Error>(wrapped)
-            })
-            .await
-            .map_err(|e| format!("snapshot write task: {e}"))?
-            .map_err(|e| {
-                format!(
-                    "write snapshot of group {group} in {}: {e}",
-                    self.dir.display()
-                )
-            })?;
+            let wrapped = self.write_local(group, index, snapshot.data).await?;
             self.stats.saved.fetch_add(1, Ordering::Relaxed);
             // The local copy makes the snapshot durable, which is all the log purge needs;
             // the bucket copy is uploaded in the background, so a slow bucket never stalls
@@ -296,24 +275,34 @@ impl NodeSnapshots {
         group: GroupId,
         snapshot: &StoredSnapshot,
     ) -> Result<(), String> {
+        self.write_local(group, snapshot.last_log_index, snapshot.data.clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// Wraps and writes a snapshot as the group's local file, unless a newer one is there
+    /// already; returns the wrapped bytes (what the bucket gets too).
+    async fn write_local(&self, group: GroupId, index: u64, data: Bytes) -> Result<Bytes, String> {
         let (dir, incarnation, written) = (
             self.dir.clone(),
             self.incarnation.clone(),
             self.written.clone(),
         );
-        let (index, data) = (snapshot.last_log_index, snapshot.data.clone());
         tokio::task::spawn_blocking(move || {
             let wrapped = encode_snapshot(group, index, &incarnation, &data);
             let mut newest = written.lock().unwrap_or_else(|e| e.into_inner());
+            if newest.get(&group).is_some_and(|i| *i > index) {
+                return Ok(wrapped);
+            }
             write_atomically(&dir, group, &wrapped)?;
             newest.insert(group, index);
-            Ok::<_, std::io::Error>(())
+            Ok::<_, std::io::Error>(wrapped)
         })
         .await
         .map_err(|e| format!("snapshot write task: {e}"))?
         .map_err(|e| {
             format!(
-                "keep snapshot of group {group} in {}: {e}",
+                "write snapshot of group {group} in {}: {e}",
                 self.dir.display()
             )
         })
