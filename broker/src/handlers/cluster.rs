@@ -123,7 +123,8 @@ impl Broker {
         let Some(p) = self.partitions.get(topic, index) else {
             return all();
         };
-        let m = p.raft.metrics().borrow().clone();
+        let metrics = p.raft.metrics();
+        let m = metrics.borrow();
         let Some(progress) = m.replication.as_ref() else {
             return all();
         };
