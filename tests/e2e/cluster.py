@@ -19,7 +19,7 @@ from pathlib import Path
 
 import kwire
 from conftest import LOG_TAIL_LINES, READY_TIMEOUT, Broker, chronik_bin, free_port
-from helpers import wait_until
+from helpers import close_clients, wait_until
 
 # Short timings so that failover, lease expiry and catch-up take seconds, not the defaults'
 # tens of seconds. Passed as CHRONIK_* environment (every config key is one), which works
@@ -74,15 +74,23 @@ class ClusterMeta:
     topics: dict  # name -> TopicMeta
 
 
-def parse_metadata_v1_full(payload: bytes, correlation_id: int) -> ClusterMeta:
+def parse_metadata(payload: bytes, correlation_id: int, version: int) -> ClusterMeta:
+    """A Metadata v1 or v7 response (v7 adds throttle time, cluster id, leader epochs and
+    offline replicas; it is also checked for leftover bytes)."""
+    assert version in (1, 7), version
+    v7 = version == 7
     r = kwire.Reader(payload)
     corr = r.i32()
     if corr != correlation_id:
         raise ValueError(f"correlation id {corr} != {correlation_id}")
+    if v7:
+        r.i32()  # throttle_time_ms
     brokers = {}
     for _ in range(r.i32()):
         node_id, host, port, _rack = r.i32(), r.string(), r.i32(), r.string()
         brokers[node_id] = (host, port)
+    if v7:
+        r.string()  # cluster_id
     controller = r.i32()
     topics = {}
     for _ in range(r.i32()):
@@ -90,10 +98,16 @@ def parse_metadata_v1_full(payload: bytes, correlation_id: int) -> ClusterMeta:
         t = TopicMeta(err, name)
         for _ in range(r.i32()):
             perr, pid, leader = r.i16(), r.i32(), r.i32()
+            epoch = r.i32() if v7 else -1
             replicas = [r.i32() for _ in range(r.i32())]
             isr = [r.i32() for _ in range(r.i32())]
-            t.partitions[pid] = PartitionMeta(perr, pid, leader, replicas, isr)
+            if v7:
+                for _ in range(r.i32()):  # offline replicas
+                    r.i32()
+            t.partitions[pid] = PartitionMeta(perr, pid, leader, replicas, isr, epoch)
         topics[name] = t
+    if v7 and r.remaining():
+        raise ValueError(f"{r.remaining()} bytes left over after Metadata v7")
     return ClusterMeta(brokers, controller, topics)
 
 
@@ -104,7 +118,7 @@ def metadata(port: int, topics: list[str] | None = None, timeout: float = 10.0) 
         payload = c.recv_frame(timeout)
         if payload is None:
             raise ConnectionError(f"port {port} closed the connection instead of answering Metadata")
-        return parse_metadata_v1_full(payload, corr)
+        return parse_metadata(payload, corr, 1)
 
 
 def metadata_v7_request(correlation_id: int, topics: list[str] | None = None) -> bytes:
@@ -117,35 +131,6 @@ def metadata_v7_request(correlation_id: int, topics: list[str] | None = None) ->
     return kwire.request(kwire.API_METADATA, 7, correlation_id, body)
 
 
-def parse_metadata_v7(payload: bytes, correlation_id: int) -> ClusterMeta:
-    r = kwire.Reader(payload)
-    corr = r.i32()
-    if corr != correlation_id:
-        raise ValueError(f"correlation id {corr} != {correlation_id}")
-    r.i32()  # throttle_time_ms
-    brokers = {}
-    for _ in range(r.i32()):
-        node_id, host, port, _rack = r.i32(), r.string(), r.i32(), r.string()
-        brokers[node_id] = (host, port)
-    r.string()  # cluster_id
-    controller = r.i32()
-    topics = {}
-    for _ in range(r.i32()):
-        err, name, _internal = r.i16(), r.string(), r.i8()
-        t = TopicMeta(err, name)
-        for _ in range(r.i32()):
-            perr, pid, leader, epoch = r.i16(), r.i32(), r.i32(), r.i32()
-            replicas = [r.i32() for _ in range(r.i32())]
-            isr = [r.i32() for _ in range(r.i32())]
-            for _ in range(r.i32()):  # offline replicas
-                r.i32()
-            t.partitions[pid] = PartitionMeta(perr, pid, leader, replicas, isr, epoch)
-        topics[name] = t
-    if r.remaining():
-        raise ValueError(f"{r.remaining()} bytes left over after Metadata v7")
-    return ClusterMeta(brokers, controller, topics)
-
-
 def metadata_v7(port: int, topics: list[str] | None = None, timeout: float = 10.0) -> ClusterMeta:
     """Like metadata(), with each partition's leader_epoch as the node reports it."""
     corr = 9
@@ -154,7 +139,7 @@ def metadata_v7(port: int, topics: list[str] | None = None, timeout: float = 10.
         payload = c.recv_frame(timeout)
         if payload is None:
             raise ConnectionError(f"port {port} closed the connection instead of answering Metadata")
-        return parse_metadata_v7(payload, corr)
+        return parse_metadata(payload, corr, 7)
 
 
 # ---- nodes and clusters --------------------------------------------------------------------
@@ -177,18 +162,7 @@ class ClusterNode(Broker):
         return f"127.0.0.1:{self.raft_port}"
 
     def command(self) -> list[str]:
-        return [
-            chronik_bin(), "serve",
-            "--node-id", str(self.node_id),
-            "--kafka-addr", self.bootstrap,
-            "--advertised-addr", self.bootstrap,
-            "--http-addr", f"127.0.0.1:{self.http_port}",
-            "--raft-addr", self.raft_addr,
-            "--peers", self.peers,
-            "--data-dir", str(self.data_dir),
-            "--bucket", f"file://{self.bucket_dir}",
-            *self.extra_args,
-        ]
+        return [*super().command(), "--raft-addr", self.raft_addr, "--peers", self.peers]
 
     def start(self, timeout: float = READY_TIMEOUT, wait: bool = True) -> "ClusterNode":
         """Broker.start; wait=False returns right after spawning (peers start concurrently
@@ -286,12 +260,7 @@ class Cluster:
         return self
 
     def close(self) -> None:
-        for c in self._clients:
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001 - best effort teardown
-                pass
-        self._clients.clear()
+        close_clients(self._clients)
         for n in self.nodes.values():
             n.close()
 

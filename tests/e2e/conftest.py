@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import kwire
-from helpers import wait_until
+from helpers import close_clients, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0
@@ -191,12 +191,7 @@ class Broker:
         return self.start(timeout)
 
     def close(self) -> None:
-        for c in self._clients:
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001 - best effort teardown
-                pass
-        self._clients.clear()
+        close_clients(self._clients)
         self._admin = None
         self.kill9()
 

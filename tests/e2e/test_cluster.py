@@ -24,7 +24,9 @@ import kraw
 import kwire
 from cluster import Cluster, run_cli, unique_port
 from conftest import chronik_bin
-from helpers import DeliveryTracker, produce_all, wait_until
+from helpers import (DeliveryTracker, assert_acked_stored_once, assert_no_failed_deliveries,
+                     assert_producer_succeeded, count_lines, produce_all, producer_process,
+                     read_acks, wait_until)
 
 HERE = Path(__file__).resolve().parent
 ERR_NOT_LEADER_OR_FOLLOWER = 6
@@ -99,27 +101,25 @@ def wait_caught_up(cluster: Cluster, node, timeout: float = 30.0) -> None:
     def behind():
         mine = node.applied_indexes()
         return {g: (mine.get(g), idx) for g, idx in target.items() if mine.get(g, -1) < idx}
-    try:
-        wait_until(lambda: not behind(), timeout=timeout, interval=0.25,
-                   what=f"node {node.node_id} to catch up")
-    except AssertionError:
-        pytest.fail(f"node {node.node_id} did not catch up within {timeout}s; "
-                    f"groups behind (its applied index, target): {behind()}")
+    wait_until(lambda: not behind(), timeout=timeout, interval=0.25,
+               what=f"node {node.node_id} to catch up",
+               detail=lambda: f"groups behind (its applied index, target): {behind()}")
 
 
-def count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
-
-
-def read_lines(path: Path) -> list:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
+def catch_up_then_lose_another(cluster: Cluster, node, topic: str, total: int) -> None:
+    """`node`, back in the cluster, catches up; then the other node leading the most
+    partitions is killed, so every partition needs `node` for a majority: the `total`
+    numbered records must still be there, and 600 more must commit."""
+    cluster.wait_brokers(3)
+    wait_caught_up(cluster, node)
+    others = [n for n in cluster.live() if n is not node]
+    current = cluster.wait_leaders(topic, PARTS)
+    stopped = max(others, key=lambda n: leader_counts(current)[n.node_id])
+    stopped.kill9()
+    cluster.wait_leaders(topic, PARTS, exclude={stopped.node_id})
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), total)
+    produce_numbered(cluster, topic, total, 600)  # commits need `node`'s acks
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), total + 600)
 
 
 # ---- 1. formation, placement, routing, acks=all round trip ---------------------------------
@@ -195,13 +195,9 @@ def test_leader_kill_during_idempotent_produce_loses_and_duplicates_nothing(clus
     topic = "cl-failover"
     leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
     out = tmp_path / "producer"
-    out.mkdir()
     acks_log, errors_log = out / "acks.log", out / "errors.log"
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "durable_producer.py"), cluster.bootstrap, topic, str(PARTS),
-         str(out)],
-        stdin=subprocess.DEVNULL, stdout=open(out / "stdout.log", "wb"), stderr=subprocess.STDOUT)
-    try:
+    with producer_process([sys.executable, str(HERE / "durable_producer.py"), cluster.bootstrap,
+                           topic, str(PARTS), str(out)], out) as proc:
         wait_until(lambda: count_lines(acks_log) >= 3000, timeout=60,
                    what="3000 acked messages before the kill")
         victim_id, _ = leader_counts(leaders).most_common(1)[0]
@@ -219,40 +215,12 @@ def test_leader_kill_during_idempotent_produce_loses_and_duplicates_nothing(clus
                         f"(new leaders {new_leaders} after {failover:.1f}s)")
         (out / "stop").touch()
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
-    summary = (out / "done").read_text() if (out / "done").exists() else "(no done file)"
-    assert proc.returncode == 0, (
-        f"producer exited {proc.returncode}: {summary}\n" + "\n".join(read_lines(errors_log)[-20:])
-        + "\n" + "\n".join(read_lines(out / "stdout.log")[-20:]))
-    assert "undelivered=0" in summary, summary
-    failed = [line for line in read_lines(errors_log) if not line.startswith("client-error")]
-    assert not failed, f"{len(failed)} messages failed delivery, e.g. {failed[:10]}"
-
-    acked = {}  # seq -> (partition, offset)
-    for line in read_lines(acks_log):
-        seq, p, off = map(int, line.split())
-        assert seq not in acked, f"two delivery reports for {seq}"
-        acked[seq] = (p, off)
-
+    assert_producer_succeeded(proc, out)
+    assert_no_failed_deliveries(errors_log)
+    acked = read_acks(acks_log)  # seq -> (partition, offset)
     records = cluster.consume_all(topic, range(PARTS), timeout=120)
-    present = set()
-    for p in range(PARTS):
-        seqs = [int(k) for _, k, _ in records.get(p, [])]
-        # Strictly increasing: nothing duplicated (acked or not), nothing reordered.
-        bad = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a]
-        assert not bad, f"partition {p}: out of order/duplicated {bad[:10]}"
-        assert all(s % PARTS == p for s in seqs), f"partition {p} holds foreign records"
-        for off, k, _ in records.get(p, []):
-            s = int(k)
-            if s in acked:
-                assert acked[s] == (p, off), f"seq {s} acked at {acked[s]} but stored at {(p, off)}"
-        present.update(seqs)
-    missing = sorted(set(acked) - present)
-    assert not missing, f"{len(missing)} acked messages lost, e.g. {missing[:20]}"
+    assert_acked_stored_once(records, acked, PARTS)
 
 
 # ---- 4. a follower restarted with its data dir catches up ------------------------------------
@@ -268,18 +236,8 @@ def test_restarted_follower_catches_up(cluster):
     produce_numbered(cluster, topic, 1200, 1800)  # written while it is down
 
     restarted.start()  # same data dir, same ports
-    cluster.wait_brokers(3)
-    wait_caught_up(cluster, restarted)
-
     # Lose a different node: every partition now needs the restarted node for a majority.
-    others = [n for n in cluster.live() if n is not restarted]
-    current = cluster.wait_leaders(topic, PARTS)
-    stopped = max(others, key=lambda n: leader_counts(current)[n.node_id])
-    stopped.kill9()
-    cluster.wait_leaders(topic, PARTS, exclude={stopped.node_id})
-    assert_numbered(cluster.consume_all(topic, range(PARTS)), 3000)
-    produce_numbered(cluster, topic, 3000, 600)  # commits need the restarted node's acks
-    assert_numbered(cluster.consume_all(topic, range(PARTS)), 3600)
+    catch_up_then_lose_another(cluster, restarted, topic, 3000)
 
 
 # ---- 5. a wiped node bootstraps and rejoins -------------------------------------------------------
@@ -297,17 +255,7 @@ def test_wiped_node_rejoins_and_catches_up(cluster):
 
     wiped.start()  # empty data dir; same id, peers, bucket and ports
     assert any(wiped.data_dir.iterdir()), "the wiped node wrote nothing to its data dir"
-    cluster.wait_brokers(3)
-    wait_caught_up(cluster, wiped)
-
-    others = [n for n in cluster.live() if n is not wiped]
-    current = cluster.wait_leaders(topic, PARTS)
-    stopped = max(others, key=lambda n: leader_counts(current)[n.node_id])
-    stopped.kill9()
-    cluster.wait_leaders(topic, PARTS, exclude={stopped.node_id})
-    assert_numbered(cluster.consume_all(topic, range(PARTS)), 2400)
-    produce_numbered(cluster, topic, 2400, 600)
-    assert_numbered(cluster.consume_all(topic, range(PARTS)), 3000)
+    catch_up_then_lose_another(cluster, wiped, topic, 2400)
 
 
 # ---- 6. a fourth node joins and takes over a replica ------------------------------------------

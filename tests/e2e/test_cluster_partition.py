@@ -16,9 +16,7 @@ The file doubles as the producer subprocess: `python test_cluster_partition.py p
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -41,58 +39,33 @@ def produce_main(bootstrap: str, topic: str, partitions: int, outdir: str, rate:
     errors.log "seq code name". Stops when OUTDIR/stop exists; flushes, writes OUTDIR/done.
     Short request timeouts so that requests stuck on the isolated leader are retried
     (with the same producer sequence) on the new leader within seconds."""
-    from confluent_kafka import KafkaError, Producer
+    from confluent_kafka import Producer
 
-    acks = open(os.path.join(outdir, "acks.log"), "a", buffering=1)
-    errors = open(os.path.join(outdir, "errors.log"), "a", buffering=1)
-    stop_file = os.path.join(outdir, "stop")
-    fatal = []
+    from helpers import IDEMPOTENT_PRODUCER_CONF, AckLog
 
-    def on_error(err: KafkaError):
-        errors.write(f"client-error {err.code()} {err.name()} fatal={err.fatal()} {err.str()}\n")
-        if err.fatal():
-            fatal.append(err)
-
-    def on_delivery(err, msg):
-        seq = msg.key().decode()
-        if err is None:
-            acks.write(f"{seq} {msg.partition()} {msg.offset()}\n")
-        else:
-            errors.write(f"{seq} {err.code()} {err.name()}\n")
-
+    log = AckLog(outdir)
     p = Producer({
+        **IDEMPOTENT_PRODUCER_CONF,
         "bootstrap.servers": bootstrap,
-        "broker.address.family": "v4",
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "message.timeout.ms": 120_000,
         "request.timeout.ms": 3_000,
         "topic.metadata.refresh.interval.ms": 2_000,
         "retry.backoff.ms": 100,
         "retry.backoff.max.ms": 500,
-        "reconnect.backoff.ms": 50,
-        "reconnect.backoff.max.ms": 500,
-        "error_cb": on_error,
+        "error_cb": log.on_error,
     })
     start = time.monotonic()
     seq = 0
-    while not os.path.exists(stop_file) and not fatal and time.monotonic() - start < 240:
+    while not log.stop_requested() and not log.fatal and time.monotonic() - start < 240:
         due = int((time.monotonic() - start) * rate)
         while seq < due:
             try:
                 p.produce(topic, key=str(seq).encode(), value=f"{seq}:{seq % partitions}".encode(),
-                          partition=seq % partitions, on_delivery=on_delivery)
+                          partition=seq % partitions, on_delivery=log.on_delivery)
             except BufferError:
                 break
             seq += 1
         p.poll(0.02)
-    remaining = p.flush(90)
-    with open(os.path.join(outdir, "done"), "w") as f:
-        f.write(f"produced={seq} undelivered={remaining} fatal={len(fatal)}\n")
-    acks.close()
-    errors.close()
-    return 3 if fatal else 0
+    return log.finish(seq, p.flush(90))
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "produce":
@@ -107,7 +80,9 @@ import pytest  # noqa: E402 - not needed by the producer subprocess
 import kraw  # noqa: E402
 import kwire  # noqa: E402
 from cluster import Cluster, metadata_v7  # noqa: E402
-from helpers import wait_until  # noqa: E402
+from helpers import (assert_acked_stored_once, assert_no_failed_deliveries,  # noqa: E402
+                     assert_producer_succeeded, producer_process, read_acks, read_lines,
+                     wait_until)
 
 ERR_NAMES = {6: "NOT_LEADER_OR_FOLLOWER", 7: "REQUEST_TIMED_OUT", 5: "LEADER_NOT_AVAILABLE",
              19: "NOT_ENOUGH_REPLICAS", 20: "NOT_ENOUGH_REPLICAS_AFTER_APPEND"}
@@ -318,13 +293,6 @@ def netsplit_cluster(request, tmp_path):
 
 # ---- helpers -------------------------------------------------------------------------------------
 
-def read_lines(path: Path) -> list:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
 def acked_by_partition(acks_log: Path) -> Counter:
     c = Counter()
     for line in read_lines(acks_log):
@@ -374,15 +342,10 @@ def test_isolated_leader_no_split_brain_no_lost_or_duplicated_acks(netsplit_clus
     monitor = LeaderMonitor(cluster, TOPIC)
     request.addfinalizer(monitor.close)
     out = tmp_path / "producer"
-    out.mkdir()
     acks_log, errors_log = out / "acks.log", out / "errors.log"
-    proc = None
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "produce", cluster.bootstrap, TOPIC,
-             str(PARTS), str(out), str(RATE)],
-            stdin=subprocess.DEVNULL, stdout=open(out / "stdout.log", "wb"),
-            stderr=subprocess.STDOUT)
+    with producer_process([sys.executable, str(Path(__file__).resolve()), "produce",
+                           cluster.bootstrap, TOPIC, str(PARTS), str(out), str(RATE)],
+                          out) as proc:
         wait_until(lambda: acked_by_partition(acks_log)[0] >= 500, timeout=30, interval=0.1,
                    what="500 acked messages on partition 0 before the partition")
 
@@ -422,12 +385,10 @@ def test_isolated_leader_no_split_brain_no_lost_or_duplicated_acks(netsplit_clus
                    for e, ldr, _ in v.values()):
                 return v
             return None
-        try:
-            majority_view = wait_until(new_leaders, timeout=15, interval=0.1,
-                                       what="new leaders agreed by the majority")
-        except AssertionError:
-            pytest.fail(f"no new leader on the majority side 15 s after isolating node {lid}; "
-                        f"views: { {n.node_id: view(n, TOPIC) for n in majority} }")
+        majority_view = wait_until(
+            new_leaders, timeout=15, interval=0.1,
+            what=f"new leaders agreed by the majority after isolating node {lid}",
+            detail=lambda: f"views: { {n.node_id: view(n, TOPIC) for n in majority} }")
         timings["election_s"] = round(time.monotonic() - t_iso, 2)
         new_lid, new_epoch = majority_view[0][1], majority_view[0][2]
         assert timings["election_s"] < 10, f"new leader after {timings['election_s']} s"
@@ -453,14 +414,12 @@ def test_isolated_leader_no_split_brain_no_lost_or_duplicated_acks(netsplit_clus
 
         # The producer keeps going through the majority: partition 0 on its new leader.
         acked_p0 = acked_by_partition(acks_log)[0]
-        try:
-            wait_until(lambda: acked_by_partition(acks_log)[0] >= acked_p0 + 1000
-                       and time.monotonic() - t_iso >= 6, timeout=30, interval=0.2,
-                       what=f"1000 more acks on partition 0 while node {lid} is isolated")
-        except AssertionError:
-            pytest.fail(f"producer stalled on partition 0 with node {lid} isolated: "
-                        f"{acked_by_partition(acks_log)} acked (was {acked_p0} on partition 0); "
-                        f"errors: {read_lines(errors_log)[-10:]}")
+        wait_until(lambda: acked_by_partition(acks_log)[0] >= acked_p0 + 1000
+                   and time.monotonic() - t_iso >= 6, timeout=30, interval=0.2,
+                   what=f"1000 more acks on partition 0 while node {lid} is isolated",
+                   detail=lambda: f"producer stalled: {acked_by_partition(acks_log)} acked (was "
+                                  f"{acked_p0} on partition 0); errors: "
+                                  f"{read_lines(errors_log)[-10:]}")
         timings["isolated_s"] = round(time.monotonic() - t_iso, 2)
         fwd = net.forwarded()
         leaked = {k: fwd[k] - fwd_at_iso[k] for k in fwd if lid in k and fwd[k] != fwd_at_iso[k]}
@@ -479,13 +438,11 @@ def test_isolated_leader_no_split_brain_no_lost_or_duplicated_acks(netsplit_clus
             mine = view(L, TOPIC)[0]
             theirs = view(cluster.nodes[new_lid], TOPIC)[0]
             return mine == theirs and mine[1] != lid and L.applied_indexes()[group] >= target
-        try:
-            wait_until(rejoined, timeout=20, interval=0.1,
-                       what=f"node {lid} following partition 0 and caught up")
-        except AssertionError:
-            pytest.fail(f"node {lid} did not rejoin partition 0 within 20 s of healing: its view "
-                        f"{view(L, TOPIC)}, leader's {view(cluster.nodes[new_lid], TOPIC)}; "
-                        f"applied {L.applied_indexes().get(group)} < {target} (group {group})")
+        wait_until(rejoined, timeout=20, interval=0.1,
+                   what=f"node {lid} following partition 0 and caught up after healing",
+                   detail=lambda: f"its view {view(L, TOPIC)}, leader's "
+                                  f"{view(cluster.nodes[new_lid], TOPIC)}; applied "
+                                  f"{L.applied_indexes().get(group)} < {target} (group {group})")
         timings["rejoin_s"] = round(time.monotonic() - t_heal, 2)
         assert group not in leading_groups(L), f"node {lid} still acts as leader of group {group}"
 
@@ -494,18 +451,9 @@ def test_isolated_leader_no_split_brain_no_lost_or_duplicated_acks(netsplit_clus
                    timeout=20, what="500 more acks after healing")
         (out / "stop").touch()
         proc.wait(timeout=120)
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
-    summary = (out / "done").read_text() if (out / "done").exists() else "(no done file)"
-    assert proc.returncode == 0, (
-        f"producer exited {proc.returncode}: {summary}\n" + "\n".join(read_lines(errors_log)[-20:])
-        + "\n" + "\n".join(read_lines(out / "stdout.log")[-20:]))
-    assert "undelivered=0" in summary, summary
-    failed = [line for line in read_lines(errors_log) if not line.startswith("client-error")]
-    assert not failed, f"{len(failed)} messages failed delivery, e.g. {failed[:10]}"
+    summary = assert_producer_succeeded(proc, out)
+    assert_no_failed_deliveries(errors_log)
 
     # ---- settled: every node agrees on every partition's leader and epoch ------------------
     def settled():
@@ -514,11 +462,8 @@ def test_isolated_leader_no_split_brain_no_lost_or_duplicated_acks(netsplit_clus
         ok = all(v == first for v in views.values()) and all(
             e == ERR_NONE and ldr in cluster.nodes for e, ldr, _ in first.values())
         return views if ok else None
-    try:
-        wait_until(settled, timeout=20, interval=0.2, what="agreed leaders and epochs")
-    except AssertionError:
-        pytest.fail(f"nodes disagree on leaders/epochs 20 s after healing: "
-                    f"{ {n.node_id: view(n, TOPIC) for n in cluster.nodes.values()} }")
+    wait_until(settled, timeout=20, interval=0.2, what="agreed leaders and epochs after healing",
+               detail=lambda: f"views: { {n.node_id: view(n, TOPIC) for n in cluster.nodes.values()} }")
     final = view(L, TOPIC)
     assert final[0][1] != lid or final[0][2] > new_epoch, f"partition 0 after healing: {final[0]}"
     monitor.close()
@@ -538,31 +483,17 @@ def test_isolated_leader_no_split_brain_no_lost_or_duplicated_acks(netsplit_clus
                what="the same applied index on every node in every partition group")
 
     # ---- every ack exactly once, at its offset, in order; the unacked write nowhere ----------
-    acked = {}  # seq -> (partition, offset)
-    for line in read_lines(acks_log):
-        seq, p, off = map(int, line.split())
-        assert seq not in acked, f"two delivery reports for {seq}"
-        acked[seq] = (p, off)
+    acked = read_acks(acks_log)  # seq -> (partition, offset)
     records = cluster.consume_all(TOPIC, range(PARTS), timeout=60)
-    present = set()
     for p in range(PARTS):
         recs = records.get(p, [])
         foreign = [(off, k, v) for off, k, v in recs if k is None]
         assert not foreign, (
             f"partition {p}: records nobody was acknowledged for, e.g. {foreign[:3]} (the raw "
             f"Produce to isolated node {lid} got {timings['isolated_produce']})")
-        seqs = [int(k) for _, k, _ in recs]
-        bad = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a]
-        assert not bad, f"partition {p}: duplicated or reordered keys {bad[:10]}"
-        assert all(s % PARTS == p for s in seqs), f"partition {p} holds foreign records"
         for off, k, v in recs:
-            s = int(k)
-            assert v == f"{s}:{p}".encode(), f"partition {p} offset {off}: value {v!r}"
-            if s in acked:
-                assert acked[s] == (p, off), f"seq {s} acked at {acked[s]} but stored at {(p, off)}"
-        present.update(seqs)
-    missing = sorted(set(acked) - present)
-    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:20]}"
+            assert v == f"{int(k)}:{p}".encode(), f"partition {p} offset {off}: value {v!r}"
+    present = assert_acked_stored_once(records, acked, PARTS)
     # Every produced message was acknowledged (no failures, none undelivered), so the log
     # holds exactly the acknowledged ones.
     produced = int(summary.split()[0].split("=")[1])

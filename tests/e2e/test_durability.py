@@ -1,13 +1,13 @@
 """Acknowledged data survives a clean restart and a kill -9."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 from confluent_kafka import TopicPartition
 
-from helpers import (DeliveryTracker, assign_from_beginning, by_partition, consume_confluent,
-                     produce_all, wait_until)
+from helpers import (DeliveryTracker, assert_acked_stored_once, assert_producer_succeeded,
+                     assign_from_beginning, by_partition, consume_confluent, count_lines,
+                     produce_all, producer_process, read_acks, wait_until)
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,32 +50,13 @@ def test_clean_restart_keeps_everything(broker):
     assert dr.ok[0].offset() == before[0][1]
 
 
-def read_lines(path: Path) -> list:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
-
-
 def test_kill9_during_produce_keeps_every_acked_message_once(broker, tmp_path):
     topic, parts = "dur-kill", 3
     broker.create_topic(topic, partitions=parts)
     out = tmp_path / "producer"
-    out.mkdir()
-    acks_log, errors_log = out / "acks.log", out / "errors.log"
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "durable_producer.py"), broker.bootstrap, topic, str(parts),
-         str(out)],
-        stdin=subprocess.DEVNULL, stdout=open(out / "stdout.log", "wb"), stderr=subprocess.STDOUT)
-    try:
+    acks_log = out / "acks.log"
+    with producer_process([sys.executable, str(HERE / "durable_producer.py"), broker.bootstrap,
+                           topic, str(parts), str(out)], out) as proc:
         wait_until(lambda: count_lines(acks_log) >= 5000, timeout=90,
                    what="5000 acked messages before the kill")
         broker.kill9()
@@ -86,22 +67,9 @@ def test_kill9_during_produce_keeps_every_acked_message_once(broker, tmp_path):
                    what="5000 more acks after the restart (producer recovered)")
         (out / "stop").touch()
         proc.wait(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
-    summary = (out / "done").read_text() if (out / "done").exists() else "(no done file)"
-    assert proc.returncode == 0, (
-        f"producer exited {proc.returncode}: {summary}\n" + "\n".join(read_lines(errors_log)[-20:])
-        + "\n" + "\n".join(read_lines(out / "stdout.log")[-20:]))
-    assert "undelivered=0" in summary, summary
-
-    acked = {}  # seq -> (partition, offset)
-    for line in read_lines(acks_log):
-        seq, p, off = map(int, line.split())
-        assert seq not in acked, f"two delivery reports for {seq}"
-        acked[seq] = (p, off)
+    assert_producer_succeeded(proc, out)
+    acked = read_acks(acks_log)  # seq -> (partition, offset)
 
     hw = watermarks(broker, topic, parts)
     consumer = broker.consumer()
@@ -109,18 +77,7 @@ def test_kill9_during_produce_keeps_every_acked_message_once(broker, tmp_path):
     msgs = consume_confluent(consumer, sum(h for _, h in hw.values()), timeout=180)
     assert len(msgs) == sum(h for _, h in hw.values()), "could not read up to the high watermark"
 
-    for p, ms in by_partition(msgs).items():
-        seqs = [int(m.key()) for m in ms]
-        # Strictly increasing: nothing duplicated (acked or not), nothing reordered.
-        dups_or_reorders = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a]
-        assert not dups_or_reorders, f"partition {p}: out of order/duplicates {dups_or_reorders[:10]}"
-        assert all(s % parts == p for s in seqs), f"partition {p} holds foreign records"
-        for m in ms:
-            s = int(m.key())
-            if s in acked:
-                assert acked[s] == (p, m.offset()), \
-                    f"seq {s} acked at {acked[s]} but stored at {(p, m.offset())}"
-    present = {int(m.key()) for m in msgs}
-    missing = sorted(set(acked) - present)
-    assert not missing, f"{len(missing)} acked messages lost, e.g. {missing[:20]}"
+    records = {p: [(m.offset(), m.key(), m.value()) for m in ms]
+               for p, ms in by_partition(msgs).items()}
+    assert_acked_stored_once(records, acked, parts)
     broker.assert_healthy()
