@@ -18,7 +18,7 @@ import pytest
 from conftest import chronik_bin, free_port
 from helpers import (DeliveryTracker, assign_from_beginning, by_partition, consume_confluent,
                      produce_all, wait_until)
-from test_tiering import metric
+from bucket_sync import metric, wait_in_bucket
 
 TIER_ARGS = ["--tiering-interval-ms", "200", "--snapshot-interval-ms", "200"]
 OFFSETS_GROUP = 1  # chronik_metastore::types::OFFSETS_GROUP
@@ -158,6 +158,8 @@ def test_restore_from_s3_after_losing_the_disk(broker_factory, moto):
                what="an offsets snapshot with the commit in S3")
     chunks = [k for k in keys_under(s3, bucket, prefix + "/") if k.endswith(".chunk")]
     assert len(chunks) >= parts, chunks
+    # ... and a partition snapshot listing every chunk (the restore starts from it).
+    wait_in_bucket(broker)
 
     restart_after_wipe(broker)
 

@@ -47,6 +47,8 @@ def test_data_is_tiered_and_read_back_after_a_wipe(broker_factory):
     # Snapshots let the WAL be purged: the live WAL is far smaller than what was produced.
     wait_until(lambda: metric(broker, "chronik_wal_bytes") < 2_000_000, timeout=30,
                what="the WAL to be purged after snapshots")
+    # Tiered data is in the bucket for a restore once a snapshot that lists it is there.
+    wait_in_bucket(broker)
 
     # Lose the disk entirely; keep the bucket.
     broker.kill9()

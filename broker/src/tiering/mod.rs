@@ -119,9 +119,11 @@ impl Tier {
         }
     }
 
-    /// Snapshots a partition group if it applied entries since its last snapshot and the
-    /// last one is at least an interval old.
-    async fn snapshot_if_due(&self, p: &Partition) {
+    /// Snapshots a partition group if it applied entries since its last snapshot: always
+    /// on the interval's own step (`on_clock`), and on a step woken early only if the last
+    /// snapshot is at least an interval old — so the bucket's copy of the manifest trails
+    /// the tiered data by at most one interval, without a snapshot upload per chunk.
+    async fn snapshot_if_due(&self, p: &Partition, on_clock: bool) {
         let (applied, snapshot) = {
             let m = p.raft.metrics();
             let m = m.borrow();
@@ -133,9 +135,10 @@ impl Tier {
         let now = tokio::time::Instant::now();
         {
             let mut last = self.snapshotted.lock();
-            if last
-                .get(&p.group)
-                .is_some_and(|t| now.duration_since(*t) < self.config.interval)
+            if !on_clock
+                && last
+                    .get(&p.group)
+                    .is_some_and(|t| now.duration_since(*t) < self.config.interval)
             {
                 return;
             }
@@ -247,7 +250,7 @@ impl Tier {
                 retention::RetentionPolicy::from_configs(&registry.topic_configs(&p.topic));
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let tiered = tier.tier_partition(&p).await;
+                let tiered = tier.tier_partition(&p, upkeep).await;
                 if !upkeep {
                     return tiered;
                 }
@@ -261,7 +264,7 @@ impl Tier {
         // chunks are in their manifest, a snapshot (manifest + the short tail) lets them
         // purge it, as the leader does after each step.
         for p in registry.all().into_iter().filter(|p| !p.is_leader(node_id)) {
-            self.snapshot_if_due(&p).await;
+            self.snapshot_if_due(&p, upkeep).await;
         }
         let mut results: Vec<Result<bool, String>> = Vec::new();
         while let Some(r) = tasks.join_next().await {
@@ -286,7 +289,7 @@ impl Tier {
     /// Ships everything untiered when the step starts, one chunk per `chunk_bytes`, then
     /// snapshots the partition once (its tail is smallest now) so the WAL can be purged.
     /// `Ok(true)` when a chunk was tiered.
-    async fn tier_partition(&self, p: &Arc<Partition>) -> Result<bool, String> {
+    async fn tier_partition(&self, p: &Arc<Partition>, on_clock: bool) -> Result<bool, String> {
         use futures::StreamExt;
         let end = p.log.read().high_watermark();
         let pieces = p.log.read().untiered_chunks(self.config.chunk_bytes, end);
@@ -306,7 +309,7 @@ impl Tier {
             tiered = true;
         }
         drop(uploads);
-        self.snapshot_if_due(p).await;
+        self.snapshot_if_due(p, on_clock).await;
         Ok(tiered)
     }
 
