@@ -38,6 +38,8 @@ pub struct Partition {
     tier: Arc<Tier>,
     /// A membership change or a leadership hand-off is under way (one at a time).
     moving: std::sync::atomic::AtomicBool,
+    /// A leadership announcement to the metadata is in flight.
+    announcing: std::sync::atomic::AtomicBool,
     /// Since when the preferred leader has been a caught-up follower of this leader.
     preferred_ready_since: parking_lot::Mutex<Option<std::time::Instant>>,
 }
@@ -254,6 +256,7 @@ impl Registry {
                 tier: self.tier.clone(),
                 moving: Default::default(),
                 preferred_ready_since: Default::default(),
+                announcing: Default::default(),
             });
             self.partitions.write().insert((topic, index), partition);
         }
@@ -284,8 +287,11 @@ impl Registry {
             };
             let term = p.raft.metrics().borrow().current_term;
             let (voters, _) = p.membership();
-            if pm.leader != Some((node_id, term)) || pm.voters != voters {
-                let node = self.node.clone();
+            let stale = pm.leader != Some((node_id, term)) || pm.voters != voters;
+            // One announcement in flight per partition: while the metadata group is
+            // unavailable, ticks must not pile up proposals.
+            if stale && !p.announcing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                let (node, p2) = (self.node.clone(), p.clone());
                 let cmd = MetadataCommand::PartitionLeader {
                     group: p.group,
                     leader: node_id,
@@ -296,6 +302,8 @@ impl Registry {
                     if let Err(err) = node.propose_metadata(&cmd).await {
                         tracing::debug!(%err, "announce partition leader");
                     }
+                    p2.announcing
+                        .store(false, std::sync::atomic::Ordering::Release);
                 });
             }
             let mut want = pm.replicas.clone();
