@@ -50,6 +50,14 @@ pub struct Lease {
     pub heartbeat_unix_ms: u64,
 }
 
+impl Lease {
+    /// Whether this lease belongs to `owner`'s incarnation and was renewed within `timeout`.
+    fn is_live_in(&self, owner: &Incarnation, now_ms: u64, timeout: Duration) -> bool {
+        self.incarnation == owner.incarnation
+            && now_ms.saturating_sub(self.heartbeat_unix_ms) < timeout.as_millis() as u64
+    }
+}
+
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -88,10 +96,7 @@ pub fn decide(
     now_ms: u64,
     lease_timeout: Duration,
 ) -> Claim {
-    let fresh = |l: &Lease| {
-        bucket.is_some_and(|b| l.incarnation == b.incarnation)
-            && now_ms.saturating_sub(l.heartbeat_unix_ms) < lease_timeout.as_millis() as u64
-    };
+    let fresh = |l: &Lease| bucket.is_some_and(|b| l.is_live_in(b, now_ms, lease_timeout));
     match (local, bucket) {
         (None, None) => Claim::New,
         (Some(l), Some(b)) if l.incarnation == b.incarnation => Claim::Resume,
@@ -210,10 +215,12 @@ pub async fn claim_bucket(
     );
     if let Claim::Watch(seen) = &decision {
         decision = watch_lease(bucket, seen.clone(), in_bucket.as_ref(), config).await?;
+        let now = now_unix_ms();
         if decision == Claim::Adopt
             && read_other_leases(bucket, node_id).await?.iter().any(|l| {
-                now_unix_ms().saturating_sub(l.heartbeat_unix_ms)
-                    < config.lease_timeout.as_millis() as u64
+                in_bucket
+                    .as_ref()
+                    .is_some_and(|b| l.is_live_in(b, now, config.lease_timeout))
             })
         {
             decision = Claim::Join;

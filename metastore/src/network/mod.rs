@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::uri::PathAndQuery;
 use openraft::error::{
@@ -97,15 +96,6 @@ impl Transport {
             received: AtomicU64::new(0),
             timeout: Duration::from_secs(5),
         })
-    }
-
-    pub fn node_id(&self) -> NodeId {
-        self.node_id
-    }
-
-    /// The peers given in the configuration, this node included.
-    pub fn configured_peers(&self) -> &BTreeMap<NodeId, String> {
-        &self.configured
     }
 
     /// Remembers where `node` listens (from the cluster metadata).
@@ -619,11 +609,6 @@ pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>, String> {
         }
     }
     Ok(peers)
-}
-
-/// Bytes of an encoded envelope (for tests and metrics).
-pub fn encoded_len(envelope: &Envelope) -> usize {
-    wire::encode(envelope).map(|b: Bytes| b.len()).unwrap_or(0)
 }
 
 #[cfg(test)]
