@@ -81,6 +81,8 @@ fn write_atomically(dir: &Path, group: GroupId, data: &[u8]) -> std::io::Result<
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
+    // Read back only at start-up: its pages need not stay cached.
+    chronik_tiering::drop_cached_pages(&f);
     std::fs::rename(&tmp, &target)?;
     std::fs::File::open(dir)?.sync_all()
 }

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion};
@@ -138,7 +137,7 @@ fn build_store(url: &str, parsed: &Url) -> Result<Arc<dyn ObjectStore>, TieringE
                 dir: dir.clone(),
                 source,
             })?;
-            let fs = LocalFileSystem::new_with_prefix(&dir).map_err(open_err)?;
+            let fs = crate::DurableFs::new(&dir).map_err(open_err)?;
             return Ok(Arc::new(fs));
         }
         "s3" => {
@@ -370,6 +369,18 @@ impl Bucket {
         data: &Bytes,
         mode: PutMode,
     ) -> retry::Outcome<object_store::PutResult> {
+        self.put_payload(op, key, path, PutPayload::from_bytes(data.clone()), mode)
+            .await
+    }
+
+    async fn put_payload(
+        &self,
+        op: &'static str,
+        key: &str,
+        path: &ObjectPath,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> retry::Outcome<object_store::PutResult> {
         bump(&self.counters.puts, 1);
         let outcome = self
             .call(op, key, || {
@@ -377,14 +388,26 @@ impl Bucket {
                     mode: mode.clone(),
                     ..PutOptions::default()
                 };
-                self.store
-                    .put_opts(path, PutPayload::from_bytes(data.clone()), opts)
+                self.store.put_opts(path, payload.clone(), opts)
             })
             .await;
         if outcome.result.is_ok() {
-            bump(&self.counters.bytes_up, data.len() as u64);
+            bump(&self.counters.bytes_up, payload.content_length() as u64);
         }
         outcome
+    }
+
+    /// Writes (or overwrites) an object made of `parts`, in order, without joining them.
+    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), TieringError> {
+        let path = parse_key(key)?;
+        let payload: PutPayload = parts.into_iter().collect();
+        let outcome = self
+            .put_payload("put", key, &path, payload, PutMode::Overwrite)
+            .await;
+        match outcome.result {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.fail("put", key, outcome)),
+        }
     }
 
     /// Writes (or overwrites) an object.

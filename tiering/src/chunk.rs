@@ -464,14 +464,54 @@ fn decompress(h: &ChunkHeader, entry: &FrameEntry, bytes: &[u8]) -> Result<Bytes
     Ok(Bytes::from(raw))
 }
 
-/// Builds one chunk. Pure CPU work (zstd): call it from `spawn_blocking` for big chunks.
-#[derive(Debug)]
+/// How the writer stores frames; decided once per chunk, on its first frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Trial-compress the first frame and keep zstd only if it pays.
+    Auto,
+    Zstd,
+    Raw,
+}
+
+/// zstd must save at least this share of a chunk's first frame to be used for the chunk;
+/// below it (random payloads, batches the producer already compressed) frames are stored
+/// raw, which saves the compression CPU on the produce path and the decompression on reads.
+const MIN_SAVING: f64 = 0.10;
+
+/// A finished chunk as the parts it is written from (header, frames, index + trailer), so
+/// that no step concatenates the body; the bucket writes the parts as one object.
+#[derive(Clone, Debug)]
+pub struct ChunkObject {
+    pub parts: Vec<Bytes>,
+    pub len: u64,
+}
+
+impl ChunkObject {
+    /// The object as one buffer (one copy).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.len as usize);
+        for p in &self.parts {
+            out.put_slice(p);
+        }
+        out.freeze()
+    }
+}
+
+/// Builds one chunk. Pure CPU work (a copy of each batch, zstd when it pays): call it from
+/// `spawn_blocking` for big chunks.
+///
+/// Each batch is copied once, into the frame being filled; a raw frame is then stored as
+/// that buffer, a compressed one as zstd's output. Whether the chunk is compressed is
+/// decided on its first frame (see [`MIN_SAVING`]) unless [`ChunkWriter::uncompressed`].
 pub struct ChunkWriter {
     frame_bytes: usize,
-    compress: bool,
-    body: BytesMut,
+    mode: Mode,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    body: Vec<Bytes>,
+    body_len: u64,
+    body_crc: crc32fast::Hasher,
     frames: Vec<FrameEntry>,
-    pending: Vec<u8>,
+    pending: BytesMut,
     pending_first: i64,
     pending_last: i64,
     pending_max_ts: i64,
@@ -482,20 +522,43 @@ pub struct ChunkWriter {
     raw_bytes: u64,
 }
 
+impl std::fmt::Debug for ChunkWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkWriter")
+            .field("mode", &self.mode)
+            .field("frames", &self.frames.len())
+            .field("batch_count", &self.batch_count)
+            .field("raw_bytes", &self.raw_bytes)
+            .finish()
+    }
+}
+
 impl Default for ChunkWriter {
     fn default() -> Self {
         ChunkWriter::new()
     }
 }
 
+/// Kafka v2 batch attributes: the low three bits name the producer's compression codec.
+const BATCH_ATTRIBUTES_POS: usize = 21;
+
+fn producer_compressed(batch: &[u8]) -> bool {
+    batch
+        .get(BATCH_ATTRIBUTES_POS + 1)
+        .is_some_and(|b| b & 0x07 != 0)
+}
+
 impl ChunkWriter {
     pub fn new() -> ChunkWriter {
         ChunkWriter {
             frame_bytes: DEFAULT_FRAME_BYTES,
-            compress: true,
-            body: BytesMut::new(),
+            mode: Mode::Auto,
+            compressor: None,
+            body: Vec::new(),
+            body_len: 0,
+            body_crc: crc32fast::Hasher::new(),
             frames: Vec::new(),
-            pending: Vec::new(),
+            pending: BytesMut::new(),
             pending_first: -1,
             pending_last: -1,
             pending_max_ts: -1,
@@ -513,9 +576,15 @@ impl ChunkWriter {
         self
     }
 
-    /// Stores frames raw (flag bit 0 clear). Readers handle both; the broker compresses.
+    /// Stores frames raw (flag bit 0 clear). Readers handle both.
     pub fn uncompressed(mut self) -> ChunkWriter {
-        self.compress = false;
+        self.mode = Mode::Raw;
+        self
+    }
+
+    /// Compresses every frame, whatever it saves.
+    pub fn compressed(mut self) -> ChunkWriter {
+        self.mode = Mode::Zstd;
         self
     }
 
@@ -529,16 +598,41 @@ impl ChunkWriter {
         max_timestamp: i64,
         batch: &[u8],
     ) -> Result<(), TieringError> {
+        self.push(base_offset, last_offset, max_timestamp, batch, None)
+    }
+
+    /// [`ChunkWriter::push_batch`] for a batch as the producer sent it: its baseOffset
+    /// and partitionLeaderEpoch fields are rewritten to `base_offset` and `leader_epoch` in
+    /// the copy the chunk keeps (neither is covered by the batch CRC).
+    pub fn push_batch_at(
+        &mut self,
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+        leader_epoch: i32,
+        batch: &[u8],
+    ) -> Result<(), TieringError> {
+        self.push(
+            base_offset,
+            last_offset,
+            max_timestamp,
+            batch,
+            Some(leader_epoch),
+        )
+    }
+
+    fn push(
+        &mut self,
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+        batch: &[u8],
+        rewrite_epoch: Option<i32>,
+    ) -> Result<(), TieringError> {
         let invalid = |reason: String| TieringError::Invalid {
             what: format!("chunk batch at offset {base_offset}"),
             reason,
         };
-        let (b, l) = batch_offsets(batch).map_err(invalid)?;
-        if (b, l) != (base_offset, last_offset) {
-            return Err(invalid(format!(
-                "batch header says offsets {b}..={l}, caller says {base_offset}..={last_offset}"
-            )));
-        }
         if self.batch_count > 0 && base_offset <= self.last_offset {
             return Err(invalid(format!(
                 "offsets must increase; the previous batch ended at {}",
@@ -548,14 +642,43 @@ impl ChunkWriter {
         if self.batch_count == u32::MAX {
             return Err(invalid("too many batches in one chunk".into()));
         }
-        if self.pending.is_empty() {
+        if self.mode == Mode::Auto && self.batch_count == 0 && producer_compressed(batch) {
+            // The producer compressed its batches: zstd would find nothing left to save.
+            self.mode = Mode::Raw;
+        }
+        let at = self.pending.len();
+        if at == 0 {
+            self.pending
+                .reserve(self.frame_bytes.max(batch.len()) + batch.len());
+        }
+        self.pending.put_slice(batch);
+        let copy = &mut self.pending[at..];
+        if let Some(epoch) = rewrite_epoch {
+            if copy.len() >= BATCH_HEADER_LEN {
+                copy[..8].copy_from_slice(&base_offset.to_be_bytes());
+                copy[12..16].copy_from_slice(&epoch.to_be_bytes());
+            }
+        }
+        let checked = batch_offsets(copy).and_then(|(b, l)| {
+            if (b, l) == (base_offset, last_offset) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "batch header says offsets {b}..={l}, caller says {base_offset}..={last_offset}"
+                ))
+            }
+        });
+        if let Err(reason) = checked {
+            self.pending.truncate(at);
+            return Err(invalid(reason));
+        }
+        if at == 0 {
             self.pending_first = base_offset;
             self.pending_max_ts = max_timestamp;
         }
         if self.batch_count == 0 {
             self.base_offset = base_offset;
         }
-        self.pending.extend_from_slice(batch);
         self.pending_last = last_offset;
         self.pending_max_ts = self.pending_max_ts.max(max_timestamp);
         self.last_offset = last_offset;
@@ -595,63 +718,98 @@ impl ChunkWriter {
         self.last_offset
     }
 
-    fn cut_frame(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let raw = std::mem::take(&mut self.pending);
-        let stored = if self.compress {
+    fn compress(&mut self, raw: &[u8]) -> Vec<u8> {
+        let enc = self.compressor.get_or_insert_with(|| {
             let mut enc = zstd::bulk::Compressor::new(ZSTD_LEVEL)
                 .expect("zstd accepts the constant compression level");
             enc.include_checksum(true)
                 .expect("zstd accepts the checksum flag");
-            enc.compress(&raw)
-                .expect("zstd compresses into memory unless its parameters are invalid")
-        } else {
-            raw.clone()
+            enc
+        });
+        enc.compress(raw)
+            .expect("zstd compresses into memory unless its parameters are invalid")
+    }
+
+    fn cut_frame(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let raw = self.pending.split().freeze();
+        let stored = match self.mode {
+            Mode::Raw => raw.clone(),
+            Mode::Zstd => Bytes::from(self.compress(&raw)),
+            Mode::Auto => {
+                let z = self.compress(&raw);
+                if (z.len() as f64) <= raw.len() as f64 * (1.0 - MIN_SAVING) {
+                    self.mode = Mode::Zstd;
+                    Bytes::from(z)
+                } else {
+                    self.mode = Mode::Raw;
+                    raw.clone()
+                }
+            }
         };
         let entry = FrameEntry {
             first_offset: self.pending_first,
             last_offset: self.pending_last,
             max_timestamp: self.pending_max_ts,
-            compressed_pos: HEADER_LEN as u64 + self.body.len() as u64,
+            compressed_pos: HEADER_LEN as u64 + self.body_len,
             compressed_len: stored.len() as u32,
             raw_len: raw.len() as u32,
         };
-        self.body.put_slice(&stored);
+        self.body_crc.update(&stored);
+        self.body_len += stored.len() as u64;
+        self.body.push(stored);
         self.frames.push(entry);
     }
 
-    /// Finishes the chunk and returns the object's bytes.
-    pub fn finish(mut self) -> Bytes {
+    /// Finishes the chunk and returns the object's bytes (one buffer).
+    pub fn finish(self) -> Bytes {
+        self.finish_parts().to_bytes()
+    }
+
+    /// Finishes the chunk and returns the object as its parts, without concatenating them.
+    pub fn finish_parts(mut self) -> ChunkObject {
         self.cut_frame();
         let header = ChunkHeader {
             version: CHUNK_VERSION,
-            flags: if self.compress { FLAG_ZSTD } else { 0 },
+            flags: if self.mode == Mode::Zstd {
+                FLAG_ZSTD
+            } else {
+                0
+            },
             base_offset: self.base_offset,
             last_offset: self.last_offset,
             max_timestamp: self.max_timestamp,
             batch_count: self.batch_count,
-            body_len: self.body.len() as u64,
+            body_len: self.body_len,
             index_len: (self.frames.len() * INDEX_ENTRY_LEN) as u32,
         };
-        let mut out = BytesMut::with_capacity(
-            HEADER_LEN + self.body.len() + header.index_len as usize + TRAILER_LEN,
-        );
-        header.encode(&mut out);
-        out.put_slice(&self.body);
-        let index_start = out.len();
+        let mut head = BytesMut::with_capacity(HEADER_LEN);
+        header.encode(&mut head);
+        let mut tail = BytesMut::with_capacity(header.index_len as usize + TRAILER_LEN);
         for f in &self.frames {
-            f.encode(&mut out);
+            f.encode(&mut tail);
         }
         let mut head_crc = crc32fast::Hasher::new();
-        head_crc.update(&out[..HEADER_LEN]);
-        head_crc.update(&out[index_start..]);
-        out.put_u64(header.index_offset());
-        out.put_u32(head_crc.finalize());
-        let crc = crc32fast::hash(&out);
-        out.put_u32(crc);
-        out.freeze()
+        head_crc.update(&head);
+        head_crc.update(&tail);
+        tail.put_u64(header.index_offset());
+        tail.put_u32(head_crc.finalize());
+        // The whole-object CRC, from the pieces: header, then body, then the tail so far.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.combine(&self.body_crc);
+        let mut tail_crc = crc32fast::Hasher::new();
+        tail_crc.update(&tail);
+        crc.combine(&tail_crc);
+        tail.put_u32(crc.finalize());
+        let len = header.object_len();
+        let mut parts = Vec::with_capacity(self.body.len() + 2);
+        parts.push(head.freeze());
+        parts.append(&mut self.body);
+        parts.push(tail.freeze());
+        ChunkObject { parts, len }
     }
 }
 

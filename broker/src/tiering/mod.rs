@@ -23,13 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use chronik_tiering::chunk::{ChunkReader, ChunkWriter};
 use chronik_tiering::{layout, Bucket};
 
 use crate::errors::code;
-use crate::partition::batch::write_with_offset;
 use crate::partition::log::{chunk_tiered_command, AppendResult, BatchLocation, ChunkRef};
 use crate::partition::{Partition, Registry};
 pub use cache::ChunkCache;
@@ -329,26 +328,29 @@ impl Tier {
             .acquire()
             .await
             .map_err(|e| format!("upload slots: {e}"))?;
-        // Copying batches in and zstd-compressing them: off the async workers.
+        // Copying batches in (and zstd when it pays): off the async workers.
         let (object, max_timestamp) = tokio::task::spawn_blocking(move || {
             let mut writer = ChunkWriter::new();
             let mut max_timestamp = i64::MIN;
-            let mut patched = BytesMut::new();
             for b in &batches {
-                patched.clear();
-                write_with_offset(&mut patched, &b.data, b.base_offset, b.leader_epoch);
                 writer
-                    .push_batch(b.base_offset, b.last_offset, b.max_timestamp, &patched)
+                    .push_batch_at(
+                        b.base_offset,
+                        b.last_offset,
+                        b.max_timestamp,
+                        b.leader_epoch,
+                        &b.data,
+                    )
                     .map_err(|e| format!("build chunk: {e}"))?;
                 max_timestamp = max_timestamp.max(b.max_timestamp);
             }
-            Ok::<_, String>((writer.finish(), max_timestamp))
+            Ok::<_, String>((writer.finish_parts(), max_timestamp))
         })
         .await
         .map_err(|e| format!("build chunk: {e}"))??;
         let key = layout::chunk_key(p.topic_id, p.index, base_offset, last_offset);
-        let size = object.len() as u64;
-        if let Err(e) = self.bucket.put(&key, object).await {
+        let size = object.len;
+        if let Err(e) = self.bucket.put_parts(&key, object.parts).await {
             self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
             return Err(format!("upload {key}: {e}"));
         }

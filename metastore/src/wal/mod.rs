@@ -132,6 +132,7 @@ impl Wal {
             file,
             rx,
             shared: io.clone(),
+            undropped_bytes: 0,
         };
         let handle = std::thread::Builder::new()
             .name("chronik-wal".to_string())

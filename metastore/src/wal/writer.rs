@@ -29,6 +29,26 @@ use crate::types::TypeConfig;
 /// Largest number of bytes the writer gathers into one write.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// Synced bytes after which the writer drops the segment's pages from the page cache.
+const DROP_PAGES_EVERY: u64 = 4 * 1024 * 1024;
+
+/// Writes every buffer of `bufs`, in order, retrying short writes.
+fn write_all_vectored(file: &mut File, bufs: &[Vec<u8>]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    // Empty buffers are skipped up front so that a zero-length write means no progress.
+    io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes")),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Who to tell when a job is durable.
 pub(crate) enum Completion {
     Notify(oneshot::Sender<Result<(), String>>),
@@ -84,6 +104,8 @@ pub(crate) struct Writer {
     pub file: File,
     pub rx: Receiver<Job>,
     pub shared: Arc<WriterShared>,
+    /// Bytes written since the segment's pages were last dropped from the page cache.
+    pub undropped_bytes: u64,
 }
 
 impl Writer {
@@ -165,7 +187,8 @@ impl Writer {
     /// Writes a batch; completions that wait for durability go to `unsynced`. Returns
     /// whether anything was written.
     fn process(&mut self, batch: Vec<Job>, unsynced: &mut Vec<Completion>) -> bool {
-        let mut buf: Vec<u8> = Vec::new();
+        // The jobs' buffers are written as they are, gathered into one vectored write.
+        let mut bufs: Vec<Vec<u8>> = Vec::new();
         let mut end_pos = None;
         let mut wrote = false;
         let mut permits = Vec::new();
@@ -179,17 +202,17 @@ impl Writer {
                     permit,
                 } => {
                     if segment != self.segment && self.failed().is_none() {
-                        wrote |= self.flush(&mut buf, &mut end_pos);
+                        wrote |= self.flush(&mut bufs, &mut end_pos);
                         self.sync(unsynced);
                         self.roll(segment);
                     }
-                    buf.extend_from_slice(&bytes);
+                    bufs.push(bytes);
                     end_pos = Some(job_end);
                     unsynced.extend(done);
                     permits.extend(permit);
                 }
                 Job::Delete { segments, done } => {
-                    wrote |= self.flush(&mut buf, &mut end_pos);
+                    wrote |= self.flush(&mut bufs, &mut end_pos);
                     self.sync(unsynced);
                     self.delete(&segments);
                     // Deleting is best effort; the caller only needs its record durable.
@@ -198,25 +221,27 @@ impl Writer {
                 }
             }
         }
-        wrote |= self.flush(&mut buf, &mut end_pos);
+        wrote |= self.flush(&mut bufs, &mut end_pos);
         drop(permits);
         wrote
     }
 
-    /// Writes `buf` to the active segment in one call.
-    fn flush(&mut self, buf: &mut Vec<u8>, end_pos: &mut Option<u64>) -> bool {
-        if buf.is_empty() && end_pos.is_none() {
+    /// Writes `bufs` to the active segment, in order, with as few calls as the kernel
+    /// allows.
+    fn flush(&mut self, bufs: &mut Vec<Vec<u8>>, end_pos: &mut Option<u64>) -> bool {
+        if bufs.is_empty() && end_pos.is_none() {
             return false;
         }
         if self.failed().is_none() {
-            if let Err(e) = self.file.write_all(buf) {
+            if let Err(e) = write_all_vectored(&mut self.file, bufs) {
                 let p = segment::path(&self.dir, self.segment);
                 self.fail(format!("write {}: {e}", p.display()));
             } else if let Some(pos) = end_pos {
+                self.undropped_bytes += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
                 self.shared.written_pos.store(*pos, Ordering::Release);
             }
         }
-        buf.clear();
+        bufs.clear();
         *end_pos = None;
         true
     }
@@ -237,9 +262,23 @@ impl Writer {
                 self.shared
                     .fsync_micros_max
                     .fetch_max(micros, Ordering::Relaxed);
+                self.drop_synced_pages();
             }
         }
         self.complete(unsynced);
+    }
+
+    /// Drops the segment's synced pages from the page cache every few MiB. Reads of
+    /// recent entries come from the WAL's own tail cache, and older ones only on recovery
+    /// or for a far-behind follower, so cached segment pages would only grow the page
+    /// cache by every byte written.
+    fn drop_synced_pages(&mut self) {
+        if self.undropped_bytes < DROP_PAGES_EVERY {
+            return;
+        }
+        self.undropped_bytes = 0;
+        // Only advice: a failure changes nothing but the page cache's contents.
+        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
     }
 
     fn complete(&self, waiting: &mut Vec<Completion>) {
