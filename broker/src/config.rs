@@ -212,6 +212,8 @@ impl Config {
             compaction: crate::tiering::compaction::CompactionPolicy {
                 min_chunks: self.compaction_min_chunks.max(2) as usize,
                 segment_bytes: self.segment_bytes,
+                // Chunks cut at full size by a busy partition are big enough already.
+                small_chunk_bytes: (self.tiering_chunk_bytes / 2).max(1),
             },
         }
     }

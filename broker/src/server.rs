@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
@@ -66,8 +66,10 @@ async fn read_frames(
     max_bytes: u32,
     tx: mpsc::Sender<Result<Bytes, ConnError>>,
 ) {
+    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
     loop {
-        let frame = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut rd, max_bytes)).await;
+        let frame =
+            tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut rd, &mut buf, max_bytes)).await;
         let frame = match frame {
             Err(_) => Err(ConnError::Idle(IDLE_TIMEOUT)),
             Ok(Ok(None)) => return,
@@ -81,21 +83,49 @@ async fn read_frames(
     }
 }
 
-/// Reads one length-prefixed frame; `None` on a clean end of stream.
-async fn read_frame(rd: &mut OwnedReadHalf, max_bytes: u32) -> Result<Option<Bytes>, ConnError> {
-    let mut len = [0u8; 4];
-    match rd.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// Bytes a connection's read buffer starts with; it grows to the largest frame seen.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Reads one length-prefixed frame through `buf`; `None` on a clean end of stream.
+///
+/// Reads go straight into `buf`'s spare capacity (nothing is zeroed first) and may run
+/// into the next frame, which stays in `buf`. A frame is split off as a shared slice, so
+/// once the request that holds it is done, the next `reserve` reuses the same memory
+/// instead of allocating (and page-faulting) a new buffer per request.
+async fn read_frame(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max_bytes: u32,
+) -> Result<Option<Bytes>, ConnError> {
+    if !fill(rd, buf, 4).await? {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
     }
-    let len = i32::from_be_bytes(len) as i64;
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as i64;
     if len < 0 || len > max_bytes as i64 {
         return Err(ConnError::TooLarge(len, max_bytes));
     }
-    let mut buf = BytesMut::zeroed(len as usize);
-    rd.read_exact(&mut buf).await?;
-    Ok(Some(buf.freeze()))
+    let total = 4 + len as usize;
+    if !fill(rd, buf, total).await? {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len as usize).freeze()))
+}
+
+/// Reads until `buf` holds at least `want` bytes; false if the stream ended first.
+async fn fill(rd: &mut OwnedReadHalf, buf: &mut BytesMut, want: usize) -> std::io::Result<bool> {
+    if buf.len() < want {
+        buf.reserve((want - buf.len()).max(READ_BUFFER_BYTES));
+    }
+    while buf.len() < want {
+        if rd.read_buf(buf).await? == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 async fn connection(stream: TcpStream, broker: &Arc<Broker>) -> Result<(), ConnError> {

@@ -166,7 +166,8 @@ impl Broker {
         // Count the batch as untiered now, not at the tiering loop's next refresh: between
         // refreshes a fast producer could otherwise run far past max_untiered_bytes. (The
         // refresh replaces this with the exact sum, dropping what failed to append.)
-        self.tier.note_appended(records.len() as u64);
+        let untiered = partition.log.read().untiered_bytes();
+        self.tier.note_appended(records.len() as u64, untiered);
         match partition
             .raft
             .client_write_ff(append_command(&records))

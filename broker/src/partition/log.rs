@@ -205,6 +205,9 @@ pub struct PartitionLog {
     deleted: Vec<DeletedChunk>,
     #[serde(skip, default = "hwm_channel")]
     hwm: watch::Sender<i64>,
+    /// Sum of the tail's batch sizes (derived: recounted on restore).
+    #[serde(skip)]
+    untiered: u64,
 }
 
 fn hwm_channel() -> watch::Sender<i64> {
@@ -222,6 +225,7 @@ impl Default for PartitionLog {
             producers: ProducerTable::default(),
             deleted: Vec::new(),
             hwm: hwm_channel(),
+            untiered: 0,
         }
     }
 }
@@ -279,7 +283,14 @@ impl PartitionLog {
 
     /// Bytes held in memory by the untiered tail.
     pub fn untiered_bytes(&self) -> u64 {
-        self.batches.iter().map(|b| b.bytes as u64).sum()
+        self.untiered
+    }
+
+    /// Drops the first `n` tail batches (tiered or deleted).
+    fn drop_tail_prefix(&mut self, n: usize) {
+        let gone: u64 = self.batches[..n].iter().map(|b| b.bytes as u64).sum();
+        self.batches.drain(..n);
+        self.untiered -= gone;
     }
 
     /// The untiered batches below `end`, cut into consecutive chunks of about
@@ -416,7 +427,7 @@ impl PartitionLog {
         if !starts_tail {
             return refused;
         }
-        self.batches.drain(..=end);
+        self.drop_tail_prefix(end + 1);
         let base_offset = chunk.base_offset;
         // A key back in the manifest is live again, whatever GC was told before.
         self.deleted.retain(|d| d.chunk.key != chunk.key);
@@ -452,7 +463,7 @@ impl PartitionLog {
         if target > self.log_start_offset {
             self.log_start_offset = target;
             let tail = self.batches.partition_point(|b| b.last_offset < target);
-            self.batches.drain(..tail);
+            self.drop_tail_prefix(tail);
             let gone = self.chunks.partition_point(|c| c.last_offset < target);
             let since_ms = cmd.now_ms;
             self.deleted.extend(
@@ -530,6 +541,7 @@ impl PartitionLog {
             bytes: header.batch_len as u32,
             data: batch.slice(..header.batch_len),
         });
+        self.untiered += header.batch_len as u64;
         self.log_end_offset = last_offset + 1;
         result(code::NONE, base_offset)
     }
@@ -605,6 +617,7 @@ impl ApplyState for PartitionLog {
         if at != data.len() {
             return Err("partition snapshot has trailing bytes".into());
         }
+        log.untiered = at as u64;
         log.hwm.send_replace(log.log_end_offset);
         Ok(log)
     }

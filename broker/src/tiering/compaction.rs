@@ -3,8 +3,10 @@
 //! Chunks are cut every tiering interval, so a quiet partition accumulates many small
 //! objects; merging them keeps LIST/GET counts low and cold reads sequential. Only chunk
 //! objects are merged (a segment is never rewritten, so every byte is rewritten at most
-//! once): the oldest run of at least `min_chunks` adjacent chunks whose sizes total at
-//! most `segment_bytes`, as long as the run can grow within that bound.
+//! once): the oldest run of at least `min_chunks` adjacent small chunks whose sizes total
+//! at most `segment_bytes`, as long as the run can grow within that bound. A chunk of at
+//! least `small_chunk_bytes` (one a busy partition cut at full size) is left alone:
+//! merging it would rewrite every byte a busy partition ingests for no saving in reads.
 
 use std::ops::Range;
 
@@ -18,6 +20,8 @@ pub struct CompactionPolicy {
     pub min_chunks: usize,
     /// Largest merged object, in bytes.
     pub segment_bytes: u64,
+    /// Chunks this big or bigger are never merged.
+    pub small_chunk_bytes: u64,
 }
 
 fn is_chunk(c: &ChunkRef) -> bool {
@@ -33,6 +37,7 @@ pub fn plan_compaction(chunks: &[ChunkRef], policy: &CompactionPolicy) -> Option
         let mut j = i;
         while j < chunks.len()
             && is_chunk(&chunks[j])
+            && chunks[j].size < policy.small_chunk_bytes
             && total + chunks[j].size <= policy.segment_bytes
         {
             total += chunks[j].size;
@@ -78,7 +83,22 @@ mod tests {
     const POLICY: CompactionPolicy = CompactionPolicy {
         min_chunks: 3,
         segment_bytes: 100,
+        small_chunk_bytes: 1000,
     };
+
+    #[test]
+    fn full_size_chunks_are_left_alone() {
+        let policy = CompactionPolicy {
+            small_chunk_bytes: 30,
+            ..POLICY
+        };
+        assert_eq!(plan_compaction(&chunks(&[30, 30, 30]), &policy), None);
+        // Small runs between big chunks still merge.
+        assert_eq!(
+            plan_compaction(&chunks(&[30, 10, 10, 10, 30, 10]), &policy),
+            Some(1..4)
+        );
+    }
 
     #[test]
     fn merges_the_oldest_long_enough_run_within_the_size_bound() {

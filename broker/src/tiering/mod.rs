@@ -104,16 +104,15 @@ impl Tier {
         })
     }
 
-    /// Counts `bytes` just appended as untiered (until the next step recounts exactly) and
-    /// starts a step early once a chunk's worth is waiting: the tail held in memory (and
-    /// carried by snapshots) stays around `chunk_bytes` instead of one interval of data.
-    pub fn note_appended(&self, bytes: u64) {
-        let total = self
-            .stats
+    /// Counts `bytes` just appended to a partition holding `partition_untiered` bytes as
+    /// untiered (until the next step recounts exactly), and starts a step early once that
+    /// partition has a whole chunk waiting: a busy partition ships full-size chunks as fast
+    /// as they fill, a quiet one on the clock.
+    pub fn note_appended(&self, bytes: u64, partition_untiered: u64) {
+        self.stats
             .untiered_bytes
-            .fetch_add(bytes, Ordering::Relaxed)
-            + bytes;
-        if total >= self.config.chunk_bytes as u64 {
+            .fetch_add(bytes, Ordering::Relaxed);
+        if partition_untiered + bytes >= self.config.chunk_bytes as u64 {
             self.wake.notify_one();
         }
     }
@@ -285,13 +284,32 @@ impl Tier {
         failed
     }
 
-    /// Ships everything untiered when the step starts, one chunk per `chunk_bytes`, then
-    /// snapshots the partition once (its tail is smallest now) so the WAL can be purged.
+    /// Ships everything untiered when the step starts (on a step woken early, only whole
+    /// chunks), one chunk per `chunk_bytes`, then snapshots the partition once (its tail is
+    /// smallest now) so the WAL can be purged.
     /// `Ok(true)` when a chunk was tiered.
     async fn tier_partition(&self, p: &Arc<Partition>, on_clock: bool) -> Result<bool, String> {
         use futures::StreamExt;
+        if !on_clock && p.log.read().untiered_bytes() < self.config.chunk_bytes as u64 {
+            return Ok(false);
+        }
         let end = p.log.read().high_watermark();
-        let pieces = p.log.read().untiered_chunks(self.config.chunk_bytes, end);
+        let mut pieces = p.log.read().untiered_chunks(self.config.chunk_bytes, end);
+        if !on_clock {
+            // Woken early: only whole chunks; the rest waits to fill up or for the clock.
+            let size = |piece: &Vec<BatchLocation>| -> usize {
+                piece.iter().map(|b| b.bytes as usize).sum()
+            };
+            if pieces
+                .last()
+                .is_some_and(|last| size(last) < self.config.chunk_bytes)
+            {
+                pieces.pop();
+            }
+            if pieces.is_empty() {
+                return Ok(false);
+            }
+        }
         // Build and upload a few chunks at once (one upload at a time cannot keep up with
         // a fast producer), and commit them to the manifest strictly in offset order.
         let mut uploads = futures::stream::iter(
