@@ -170,7 +170,7 @@ impl Broker {
         self.tier.note_appended(records.len() as u64, untiered);
         match partition
             .raft
-            .client_write_ff(append_command(&records))
+            .client_write_ff(append_command(records))
             .await
         {
             Ok(rx) => Pending::Proposed(rx),

@@ -40,15 +40,24 @@ const CMD_CHUNK_TIERED: u8 = 2;
 const CMD_DELETE_RECORDS: u8 = 3;
 const CMD_COMPACTED: u8 = 4;
 const CMD_OBJECTS_DELETED: u8 = 5;
-/// Offset of the batch inside an append command (after the kind byte).
+/// Offset of the batch inside a prefixed append command (after the kind byte).
 pub const APPEND_BATCH_POS: usize = 1;
 
-/// Encodes an append command around one validated batch.
-pub fn append_command(batch: &[u8]) -> Command {
-    let mut b = BytesMut::with_capacity(batch.len() + 1);
-    b.put_u8(CMD_APPEND);
-    b.put_slice(batch);
-    Command(b.freeze())
+/// The append command for one validated batch: the batch itself, shared with the request
+/// it arrived in (not copied), since a command whose first byte is not a kind byte is a
+/// bare batch. A batch whose first byte could be read as a kind (a baseOffset of 2^56 or
+/// more, which no client sends) is prefixed with [`CMD_APPEND`] instead.
+pub fn append_command(batch: Bytes) -> Command {
+    if batch
+        .first()
+        .is_some_and(|b| (CMD_APPEND..=CMD_OBJECTS_DELETED).contains(b))
+    {
+        let mut b = BytesMut::with_capacity(batch.len() + 1);
+        b.put_u8(CMD_APPEND);
+        b.put_slice(&batch);
+        return Command(b.freeze());
+    }
+    Command(batch)
 }
 
 /// Encodes the command that records an uploaded chunk in the manifest.
@@ -570,7 +579,9 @@ impl ApplyState for PartitionLog {
                 Ok(cmd) => self.objects_deleted(cmd),
                 Err(_) => corrupt(self),
             },
-            _ => corrupt(self),
+            // A bare batch (see `append_command`).
+            Some(_) => self.append(log_id, bytes.clone()),
+            None => corrupt(self),
         };
         result.encode()
     }
@@ -656,7 +667,29 @@ mod tests {
     fn apply(log: &mut PartitionLog, term: u64, index: u64, b: &[u8]) -> AppendResult {
         let id = log_id(term, index);
         log.observe_entry(&id);
-        AppendResult::decode(&log.apply(&id, &append_command(b)))
+        AppendResult::decode(&log.apply(&id, &append_command(Bytes::copy_from_slice(b))))
+    }
+
+    #[test]
+    fn a_batch_is_its_own_command_unless_it_looks_like_a_kind_byte() {
+        let plain = Bytes::from(batch(-1, -1, -1, 3, 10));
+        let cmd = append_command(plain.clone());
+        assert_eq!(cmd.0.as_ptr(), plain.as_ptr(), "shared, not copied");
+        // A client-sent baseOffset whose first byte is a command kind: prefixed, and
+        // still applied as an append.
+        let mut odd = batch(-1, -1, -1, 3, 10);
+        odd[0] = CMD_CHUNK_TIERED;
+        let cmd = append_command(Bytes::from(odd.clone()));
+        assert_eq!(cmd.0[0], CMD_APPEND);
+        assert_eq!(&cmd.0[1..], &odd[..]);
+        let mut log = PartitionLog::default();
+        assert_eq!(apply(&mut log, 1, 1, &odd).base_offset, 0);
+        assert_eq!(apply(&mut log, 1, 2, &plain).base_offset, 3);
+        // Garbage that is neither a kind nor a batch is refused, identically everywhere.
+        let id = log_id(1, 3);
+        let r = AppendResult::decode(&log.apply(&id, &Command(Bytes::from_static(b"\x09junk"))));
+        assert_ne!(r.error, code::NONE);
+        assert_eq!(log.high_watermark(), 6);
     }
 
     #[test]

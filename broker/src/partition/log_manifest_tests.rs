@@ -28,7 +28,7 @@ fn log_with_chunks() -> PartitionLog {
         let r = run(
             &mut log,
             i + 1,
-            append_command(&batch(-1, -1, -1, 2, i as i64 * 10)),
+            append_command(batch(-1, -1, -1, 2, i as i64 * 10).into()),
         );
         assert_eq!(r.error, code::NONE);
     }
@@ -81,7 +81,7 @@ fn delete_records_moves_log_start_and_queues_whole_chunks_for_gc() {
     assert!(log.tail().is_empty());
     assert_eq!(log.high_watermark(), 20);
     // Appends continue at the log end.
-    let r = run(&mut log, 36, append_command(&batch(-1, -1, -1, 1, 0)));
+    let r = run(&mut log, 36, append_command(batch(-1, -1, -1, 1, 0).into()));
     assert_eq!((r.error, r.base_offset, r.log_start_offset), (0, 20, 20));
 }
 

@@ -42,7 +42,7 @@ mod tests {
         let mut log = PartitionLog::default();
         for i in 0..3u64 {
             let b = crate::partition::batch::tests::batch(-1, -1, -1, 1, 0);
-            run(&mut log, i + 1, append_command(&b));
+            run(&mut log, i + 1, append_command(b.into()));
             let c = ChunkRef {
                 key: format!("k{i}"),
                 base_offset: i as i64,

@@ -112,7 +112,7 @@ mod tests {
         let mut log = PartitionLog::default();
         for i in 0..5u64 {
             let b = crate::partition::batch::tests::batch(-1, -1, -1, 2, (i as i64 + 1) * 100);
-            run(&mut log, i + 1, append_command(&b));
+            run(&mut log, i + 1, append_command(b.into()));
         }
         for (n, (base, last, ts)) in [(0, 3, 200), (4, 7, 400)].into_iter().enumerate() {
             let c = ChunkRef {

@@ -138,25 +138,62 @@ pub fn encode_frame(group: GroupId, record: &Record, out: &mut Vec<u8>) -> Resul
     }
 }
 
-/// Encodes one entry frame without cloning the entry.
-pub fn encode_entry_frame(group: GroupId, entry: &Entry, out: &mut Vec<u8>) -> Result<(), String> {
-    let start = begin_frame(group, KIND_ENTRY, out);
-    put_log_id(out, &entry.log_id);
-    match &entry.payload {
-        EntryPayload::Blank => out.push(ENTRY_BLANK),
-        EntryPayload::Normal(cmd) => {
-            out.push(ENTRY_NORMAL);
-            out.extend_from_slice(&cmd.0);
-        }
-        EntryPayload::Membership(m) => {
-            out.push(ENTRY_MEMBERSHIP);
-            if let Err(e) = serde_json::to_writer(&mut *out, m) {
-                out.truncate(start);
-                return Err(format!("membership json: {e}"));
-            }
+/// One encoded frame in two parts: `head` (frame header and fixed fields) and `body`, an
+/// entry's command bytes shared with the entry rather than copied. The frame on disk is
+/// `head` then `body`.
+#[derive(Debug)]
+pub struct Frame {
+    pub head: Vec<u8>,
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// A frame already encoded whole.
+    pub fn whole(bytes: Vec<u8>) -> Frame {
+        Frame {
+            head: bytes,
+            body: Bytes::new(),
         }
     }
-    finish_frame(out, start);
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Encodes one entry frame without copying its command bytes.
+pub fn entry_frame(group: GroupId, entry: &Entry) -> Result<Frame, String> {
+    let mut head = Vec::with_capacity(FRAME_HEADER_LEN as usize + 64);
+    let start = begin_frame(group, KIND_ENTRY, &mut head);
+    put_log_id(&mut head, &entry.log_id);
+    let body = match &entry.payload {
+        EntryPayload::Blank => {
+            head.push(ENTRY_BLANK);
+            Bytes::new()
+        }
+        EntryPayload::Normal(cmd) => {
+            head.push(ENTRY_NORMAL);
+            cmd.0.clone()
+        }
+        EntryPayload::Membership(m) => {
+            head.push(ENTRY_MEMBERSHIP);
+            serde_json::to_writer(&mut head, m).map_err(|e| format!("membership json: {e}"))?;
+            Bytes::new()
+        }
+    };
+    finish_frame_with(&mut head, start, &body);
+    Ok(Frame { head, body })
+}
+
+/// Encodes one entry frame, appended to `out`.
+pub fn encode_entry_frame(group: GroupId, entry: &Entry, out: &mut Vec<u8>) -> Result<(), String> {
+    let frame = entry_frame(group, entry)?;
+    out.extend_from_slice(&frame.head);
+    out.extend_from_slice(&frame.body);
     Ok(())
 }
 
@@ -182,13 +219,20 @@ fn begin_frame(group: GroupId, kind: u8, out: &mut Vec<u8>) -> usize {
 
 /// Fills in the length and crc of the frame that starts at `start`.
 fn finish_frame(out: &mut [u8], start: usize) {
+    finish_frame_with(out, start, &[]);
+}
+
+/// Fills in the length and crc of the frame that starts at `start` in `out` and goes on
+/// with `body`.
+fn finish_frame_with(out: &mut [u8], start: usize, body: &[u8]) {
     let payload_start = start + FRAME_HEADER_LEN as usize;
-    let payload = &out[payload_start..];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[payload_start..]);
+    crc.update(body);
     // Payloads are bounded far below u32::MAX by the entry size limits upstream.
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let crc = crc32fast::hash(payload);
+    let len = u32::try_from(out.len() - payload_start + body.len()).unwrap_or(u32::MAX);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
+    out[start + 4..payload_start].copy_from_slice(&crc.finalize().to_le_bytes());
 }
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {

@@ -187,8 +187,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         let mut frames = Vec::with_capacity(entries.len());
         let mut bytes = 0;
         for e in &entries {
-            let mut f = Vec::new();
-            format::encode_entry_frame(self.group, e, &mut f).map_err(|reason| {
+            let f = format::entry_frame(self.group, e).map_err(|reason| {
                 StorageIOError::write_log_entry(
                     e.log_id,
                     io_err(WalError::Encode {

@@ -39,7 +39,7 @@ pub use error::WalError;
 pub use log_store::WalLogStore;
 pub use state::TAIL_CACHE_BYTES;
 
-use format::Record;
+use format::{Frame, Record};
 use group::EntryLoc;
 use state::{Placed, State};
 use writer::{Completion, Writer, WriterShared};
@@ -249,10 +249,10 @@ impl Wal {
                 Vec::new()
             };
             if dead.is_empty() {
-                state.submit(vec![frame], done, Some(permit))?;
+                state.submit(vec![Frame::whole(frame)], done, Some(permit))?;
             } else {
                 // The record is queued first: the writer makes it durable before deleting.
-                state.submit(vec![frame], None, Some(permit))?;
+                state.submit(vec![Frame::whole(frame)], None, Some(permit))?;
                 self.delete_segments(&mut state, dead, done)?;
             }
         }
@@ -271,7 +271,7 @@ impl Wal {
         &self,
         state: &mut State,
         group: GroupId,
-        frames: Vec<Vec<u8>>,
+        frames: Vec<Frame>,
         entries: Vec<Entry>,
         done: Completion,
         permit: OwnedSemaphorePermit,

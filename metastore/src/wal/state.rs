@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::mem;
 use std::sync::mpsc::Sender;
 
+use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::WalError;
-use super::format::{self, SEGMENT_HEADER_LEN};
+use super::format::{self, Frame, SEGMENT_HEADER_LEN};
 use super::group::GroupState;
 use super::writer::{Completion, Job};
 use crate::types::GroupId;
@@ -90,16 +91,16 @@ impl State {
     /// all of them are durable.
     pub fn submit(
         &mut self,
-        frames: Vec<Vec<u8>>,
+        frames: Vec<Frame>,
         done: Option<Completion>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Vec<Placed>, WalError> {
         let mut placed = Vec::with_capacity(frames.len());
-        let mut buf = Vec::new();
+        let mut parts = Vec::with_capacity(frames.len() * 2);
         for frame in frames {
             let len = frame.len() as u64;
             if self.active_frames > 0 && self.active_len() + len > self.segment_bytes {
-                self.send(mem::take(&mut buf), None, None)?;
+                self.send(mem::take(&mut parts), None, None)?;
                 self.roll()?;
             }
             placed.push(Placed {
@@ -110,9 +111,12 @@ impl State {
             });
             self.advance(len);
             self.active_frames += 1;
-            buf.extend_from_slice(&frame);
+            parts.push(Bytes::from(frame.head));
+            if !frame.body.is_empty() {
+                parts.push(frame.body);
+            }
         }
-        self.send(buf, done, permit)?;
+        self.send(parts, done, permit)?;
         Ok(placed)
     }
 
@@ -133,17 +137,17 @@ impl State {
 
     fn send(
         &mut self,
-        bytes: Vec<u8>,
+        parts: Vec<Bytes>,
         done: Option<Completion>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), WalError> {
-        if bytes.is_empty() && done.is_none() {
+        if parts.is_empty() && done.is_none() {
             return Ok(());
         }
         self.tx
             .send(Job::Write {
                 segment: self.active,
-                bytes,
+                parts,
                 end_pos: self.pos,
                 done,
                 permit,
@@ -173,7 +177,7 @@ impl State {
         self.tx
             .send(Job::Write {
                 segment: self.active,
-                bytes: checkpoint,
+                parts: vec![Bytes::from(checkpoint)],
                 end_pos: self.pos,
                 done: None,
                 permit: None,

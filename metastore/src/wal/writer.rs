@@ -18,6 +18,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use openraft::storage::LogFlushed;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -33,7 +34,7 @@ const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 const DROP_PAGES_EVERY: u64 = 4 * 1024 * 1024;
 
 /// Writes every buffer of `bufs`, in order, retrying short writes.
-fn write_all_vectored(file: &mut File, bufs: &[Vec<u8>]) -> io::Result<()> {
+fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
     let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
     let mut rest = &mut slices[..];
     // Empty buffers are skipped up front so that a zero-length write means no progress.
@@ -73,7 +74,8 @@ pub(crate) enum Job {
     /// the global write position is `end_pos`.
     Write {
         segment: u64,
-        bytes: Vec<u8>,
+        /// The frames' bytes, in order (written with one vectored write, not joined).
+        parts: Vec<Bytes>,
         end_pos: u64,
         done: Option<Completion>,
         permit: Option<OwnedSemaphorePermit>,
@@ -142,8 +144,8 @@ impl Writer {
             while batch_bytes < MAX_BATCH_BYTES {
                 match self.rx.try_recv() {
                     Ok(job) => {
-                        if let Job::Write { bytes, .. } = &job {
-                            batch_bytes += bytes.len();
+                        if let Job::Write { parts, .. } = &job {
+                            batch_bytes += parts.iter().map(Bytes::len).sum::<usize>();
                         }
                         batch.push(job);
                     }
@@ -188,7 +190,7 @@ impl Writer {
     /// whether anything was written.
     fn process(&mut self, batch: Vec<Job>, unsynced: &mut Vec<Completion>) -> bool {
         // The jobs' buffers are written as they are, gathered into one vectored write.
-        let mut bufs: Vec<Vec<u8>> = Vec::new();
+        let mut bufs: Vec<Bytes> = Vec::new();
         let mut end_pos = None;
         let mut wrote = false;
         let mut permits = Vec::new();
@@ -196,7 +198,7 @@ impl Writer {
             match job {
                 Job::Write {
                     segment,
-                    bytes,
+                    parts,
                     end_pos: job_end,
                     done,
                     permit,
@@ -206,7 +208,7 @@ impl Writer {
                         self.sync(unsynced);
                         self.roll(segment);
                     }
-                    bufs.push(bytes);
+                    bufs.extend(parts);
                     end_pos = Some(job_end);
                     unsynced.extend(done);
                     permits.extend(permit);
@@ -228,7 +230,7 @@ impl Writer {
 
     /// Writes `bufs` to the active segment, in order, with as few calls as the kernel
     /// allows.
-    fn flush(&mut self, bufs: &mut Vec<Vec<u8>>, end_pos: &mut Option<u64>) -> bool {
+    fn flush(&mut self, bufs: &mut Vec<Bytes>, end_pos: &mut Option<u64>) -> bool {
         if bufs.is_empty() && end_pos.is_none() {
             return false;
         }
