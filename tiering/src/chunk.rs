@@ -89,6 +89,20 @@ fn be_i32(b: &[u8], at: usize) -> i32 {
 /// The (base, last) offsets of a v2 batch, read from its own header, after checking that
 /// `batch` is exactly one batch.
 fn batch_offsets(batch: &[u8]) -> Result<(i64, i64), String> {
+    let delta = batch_delta(batch)?;
+    let base = be_i64(batch, 0);
+    if base < 0 {
+        return Err(format!("batch offsets {base}+{delta} are negative"));
+    }
+    let last = base
+        .checked_add(delta)
+        .ok_or_else(|| format!("batch offsets {base}+{delta} overflow"))?;
+    Ok((base, last))
+}
+
+/// The lastOffsetDelta of a v2 batch, after checking that `batch` is exactly one batch
+/// (whatever baseOffset the producer put in it).
+fn batch_delta(batch: &[u8]) -> Result<i64, String> {
     if batch.len() < BATCH_HEADER_LEN {
         return Err(format!(
             "batch of {} bytes is shorter than a v2 header",
@@ -105,15 +119,11 @@ fn batch_offsets(batch: &[u8]) -> Result<(i64, i64), String> {
     if batch[BATCH_MAGIC_POS] != 2 {
         return Err(format!("batch magic {} is not 2", batch[BATCH_MAGIC_POS]));
     }
-    let base = be_i64(batch, 0);
     let delta = be_i32(batch, BATCH_LAST_DELTA_POS);
-    if base < 0 || delta < 0 {
-        return Err(format!("batch offsets {base}+{delta} are negative"));
+    if delta < 0 {
+        return Err(format!("batch last offset delta {delta} is negative"));
     }
-    let last = base
-        .checked_add(i64::from(delta))
-        .ok_or_else(|| format!("batch offsets {base}+{delta} overflow"))?;
-    Ok((base, last))
+    Ok(i64::from(delta))
 }
 
 /// Splits a frame's raw bytes into its batches (zero-copy slices).
@@ -484,6 +494,8 @@ const MIN_SAVING: f64 = 0.10;
 pub struct ChunkObject {
     pub parts: Vec<Bytes>,
     pub len: u64,
+    /// Whether the frames are zstd-compressed.
+    pub compressed: bool,
 }
 
 impl ChunkObject {
@@ -511,7 +523,12 @@ pub struct ChunkWriter {
     body_len: u64,
     body_crc: crc32fast::Hasher,
     frames: Vec<FrameEntry>,
+    /// The frame being filled, in order: `shared` (parts taken without copying), then
+    /// `pending` (batches copied in). Only raw frames take shared parts.
+    shared: Vec<Bytes>,
     pending: BytesMut,
+    /// Raw bytes in the frame being filled.
+    frame_len: usize,
     pending_first: i64,
     pending_last: i64,
     pending_max_ts: i64,
@@ -539,6 +556,9 @@ impl Default for ChunkWriter {
     }
 }
 
+/// Batches at least this big are shared into raw chunks rather than copied.
+pub const SHARE_MIN_BYTES: usize = 4096;
+
 /// Kafka v2 batch attributes: the low three bits name the producer's compression codec.
 const BATCH_ATTRIBUTES_POS: usize = 21;
 
@@ -558,7 +578,9 @@ impl ChunkWriter {
             body_len: 0,
             body_crc: crc32fast::Hasher::new(),
             frames: Vec::new(),
+            shared: Vec::new(),
             pending: BytesMut::new(),
+            frame_len: 0,
             pending_first: -1,
             pending_last: -1,
             pending_max_ts: -1,
@@ -603,21 +625,23 @@ impl ChunkWriter {
 
     /// [`ChunkWriter::push_batch`] for a batch as the producer sent it: its baseOffset
     /// and partitionLeaderEpoch fields are rewritten to `base_offset` and `leader_epoch` in
-    /// the copy the chunk keeps (neither is covered by the batch CRC).
+    /// the chunk (neither is covered by the batch CRC). In a raw chunk, a batch of at least
+    /// [`SHARE_MIN_BYTES`] is not copied: the chunk takes a fresh 16-byte head plus a
+    /// shared slice of `batch` for the rest.
     pub fn push_batch_at(
         &mut self,
         base_offset: i64,
         last_offset: i64,
         max_timestamp: i64,
         leader_epoch: i32,
-        batch: &[u8],
+        batch: &Bytes,
     ) -> Result<(), TieringError> {
         self.push(
             base_offset,
             last_offset,
             max_timestamp,
             batch,
-            Some(leader_epoch),
+            Some((leader_epoch, batch)),
         )
     }
 
@@ -627,7 +651,7 @@ impl ChunkWriter {
         last_offset: i64,
         max_timestamp: i64,
         batch: &[u8],
-        rewrite_epoch: Option<i32>,
+        rewrite: Option<(i32, &Bytes)>,
     ) -> Result<(), TieringError> {
         let invalid = |reason: String| TieringError::Invalid {
             what: format!("chunk batch at offset {base_offset}"),
@@ -646,20 +670,7 @@ impl ChunkWriter {
             // The producer compressed its batches: zstd would find nothing left to save.
             self.mode = Mode::Raw;
         }
-        let at = self.pending.len();
-        if at == 0 {
-            self.pending
-                .reserve(self.frame_bytes.max(batch.len()) + batch.len());
-        }
-        self.pending.put_slice(batch);
-        let copy = &mut self.pending[at..];
-        if let Some(epoch) = rewrite_epoch {
-            if copy.len() >= BATCH_HEADER_LEN {
-                copy[..8].copy_from_slice(&base_offset.to_be_bytes());
-                copy[12..16].copy_from_slice(&epoch.to_be_bytes());
-            }
-        }
-        let checked = batch_offsets(copy).and_then(|(b, l)| {
+        let mismatch = |(b, l): (i64, i64)| {
             if (b, l) == (base_offset, last_offset) {
                 Ok(())
             } else {
@@ -667,18 +678,49 @@ impl ChunkWriter {
                     "batch header says offsets {b}..={l}, caller says {base_offset}..={last_offset}"
                 ))
             }
-        });
-        if let Err(reason) = checked {
-            self.pending.truncate(at);
-            return Err(invalid(reason));
+        };
+        match rewrite {
+            Some((epoch, shared)) if self.mode == Mode::Raw && batch.len() >= SHARE_MIN_BYTES => {
+                let delta = batch_delta(batch).map_err(&invalid)?;
+                mismatch((base_offset, base_offset.saturating_add(delta))).map_err(&invalid)?;
+                let mut head = [0u8; 16];
+                head.copy_from_slice(&batch[..16]);
+                head[..8].copy_from_slice(&base_offset.to_be_bytes());
+                head[12..16].copy_from_slice(&epoch.to_be_bytes());
+                if !self.pending.is_empty() {
+                    self.shared.push(self.pending.split().freeze());
+                }
+                self.shared.push(Bytes::copy_from_slice(&head));
+                self.shared.push(shared.slice(16..));
+            }
+            _ => {
+                let at = self.pending.len();
+                if at == 0 {
+                    self.pending
+                        .reserve(self.frame_bytes.max(batch.len()) + batch.len());
+                }
+                self.pending.put_slice(batch);
+                let copy = &mut self.pending[at..];
+                if let Some((epoch, _)) = rewrite {
+                    if copy.len() >= BATCH_HEADER_LEN {
+                        copy[..8].copy_from_slice(&base_offset.to_be_bytes());
+                        copy[12..16].copy_from_slice(&epoch.to_be_bytes());
+                    }
+                }
+                if let Err(reason) = batch_offsets(copy).and_then(mismatch) {
+                    self.pending.truncate(at);
+                    return Err(invalid(reason));
+                }
+            }
         }
-        if at == 0 {
+        if self.frame_len == 0 {
             self.pending_first = base_offset;
             self.pending_max_ts = max_timestamp;
         }
         if self.batch_count == 0 {
             self.base_offset = base_offset;
         }
+        self.frame_len += batch.len();
         self.pending_last = last_offset;
         self.pending_max_ts = self.pending_max_ts.max(max_timestamp);
         self.last_offset = last_offset;
@@ -689,7 +731,7 @@ impl ChunkWriter {
         };
         self.batch_count += 1;
         self.raw_bytes += batch.len() as u64;
-        if self.pending.len() >= self.frame_bytes {
+        if self.frame_len >= self.frame_bytes {
             self.cut_frame();
         }
         Ok(())
@@ -731,35 +773,49 @@ impl ChunkWriter {
     }
 
     fn cut_frame(&mut self) {
-        if self.pending.is_empty() {
+        if self.frame_len == 0 {
             return;
         }
-        let raw = self.pending.split().freeze();
-        let stored = match self.mode {
-            Mode::Raw => raw.clone(),
-            Mode::Zstd => Bytes::from(self.compress(&raw)),
-            Mode::Auto => {
-                let z = self.compress(&raw);
+        let raw_len = self.frame_len;
+        self.frame_len = 0;
+        let mut parts = std::mem::take(&mut self.shared);
+        if !self.pending.is_empty() {
+            parts.push(self.pending.split().freeze());
+        }
+        // Only raw frames take shared parts, so a frame to compress is one buffer.
+        let stored = match (self.mode, parts.as_slice()) {
+            (Mode::Raw, _) => parts,
+            (Mode::Zstd, [raw]) => vec![Bytes::from(self.compress(raw))],
+            (Mode::Auto, [raw]) => {
+                let z = self.compress(raw);
                 if (z.len() as f64) <= raw.len() as f64 * (1.0 - MIN_SAVING) {
                     self.mode = Mode::Zstd;
-                    Bytes::from(z)
+                    vec![Bytes::from(z)]
                 } else {
                     self.mode = Mode::Raw;
-                    raw.clone()
+                    parts
                 }
             }
+            (_, _) => {
+                let raw: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+                self.mode = Mode::Zstd;
+                vec![Bytes::from(self.compress(&raw))]
+            }
         };
+        let stored_len: usize = stored.iter().map(Bytes::len).sum();
         let entry = FrameEntry {
             first_offset: self.pending_first,
             last_offset: self.pending_last,
             max_timestamp: self.pending_max_ts,
             compressed_pos: HEADER_LEN as u64 + self.body_len,
-            compressed_len: stored.len() as u32,
-            raw_len: raw.len() as u32,
+            compressed_len: stored_len as u32,
+            raw_len: raw_len as u32,
         };
-        self.body_crc.update(&stored);
-        self.body_len += stored.len() as u64;
-        self.body.push(stored);
+        for part in &stored {
+            self.body_crc.update(part);
+        }
+        self.body_len += stored_len as u64;
+        self.body.extend(stored);
         self.frames.push(entry);
     }
 
@@ -809,7 +865,11 @@ impl ChunkWriter {
         parts.push(head.freeze());
         parts.append(&mut self.body);
         parts.push(tail.freeze());
-        ChunkObject { parts, len }
+        ChunkObject {
+            parts,
+            len,
+            compressed: self.mode == Mode::Zstd,
+        }
     }
 }
 
@@ -945,6 +1005,101 @@ mod tests {
             w.push_batch(*b, *l, *ts, bytes).expect("push");
         }
         w.finish()
+    }
+
+    /// Random (incompressible) payloads, as a producer's already-compressed data looks.
+    fn noisy_batch(records: i32, payload: usize, seed: u64) -> Vec<u8> {
+        let mut b = test_batch(0, records, payload, 0);
+        let mut x = (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for byte in &mut b[BATCH_HEADER_LEN..] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        b
+    }
+
+    #[test]
+    fn producer_batches_are_rewritten_and_shared_into_raw_chunks() {
+        // Sizes around SHARE_MIN_BYTES, so copied and shared batches interleave.
+        let sent: Vec<Bytes> = (0..40)
+            .map(|i| Bytes::from(noisy_batch(2, 1000 + (i % 5) * 2000, i as u64)))
+            .collect();
+        let mut shared = ChunkWriter::new().with_frame_bytes(20_000);
+        let mut copied = ChunkWriter::new().with_frame_bytes(20_000);
+        for (i, b) in sent.iter().enumerate() {
+            let base = 100 + 2 * i as i64;
+            shared
+                .push_batch_at(base, base + 1, 5, 9, b)
+                .expect("push shared");
+            let mut patched = b.to_vec();
+            patched[..8].copy_from_slice(&base.to_be_bytes());
+            patched[12..16].copy_from_slice(&9i32.to_be_bytes());
+            copied
+                .push_batch(base, base + 1, 5, &patched)
+                .expect("push copied");
+        }
+        let object = shared.finish_parts();
+        assert!(!object.compressed, "noise is stored raw");
+        assert!(
+            object.parts.len() > 40,
+            "big batches are shared, not joined"
+        );
+        let bytes = object.to_bytes();
+        assert_eq!(bytes.len() as u64, object.len);
+        assert_eq!(bytes, copied.finish(), "the same object either way");
+        let reader = ChunkReader::parse(bytes).expect("parse");
+        let got: Vec<Bytes> = reader.batches().collect();
+        assert_eq!(got.len(), sent.len());
+        for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+            assert_eq!(be_i64(g, 0), 100 + 2 * i as i64);
+            assert_eq!(be_i32(g, 12), 9);
+            assert_eq!(&g[16..], &s[16..]);
+        }
+    }
+
+    #[test]
+    fn zstd_is_used_only_when_it_pays() {
+        let mut w = ChunkWriter::new();
+        for i in 0..20 {
+            w.push_batch_at(
+                i * 2,
+                i * 2 + 1,
+                0,
+                0,
+                &Bytes::from(test_batch(0, 2, 5000, 7)),
+            )
+            .expect("push");
+        }
+        let repetitive = w.finish_parts();
+        assert!(repetitive.compressed);
+        let mut w = ChunkWriter::new();
+        for i in 0..20 {
+            let b = Bytes::from(noisy_batch(2, 5000, i as u64));
+            w.push_batch_at(i * 2, i * 2 + 1, 0, 0, &b).expect("push");
+        }
+        assert!(!w.finish_parts().compressed);
+        // A producer-compressed batch (attributes codec bits set) is never recompressed.
+        let mut b = test_batch(0, 2, 5000, 7);
+        b[BATCH_ATTRIBUTES_POS + 1] = 4;
+        let mut w = ChunkWriter::new();
+        w.push_batch_at(0, 1, 0, 0, &Bytes::from(b)).expect("push");
+        let object = w.finish_parts();
+        assert!(!object.compressed);
+        assert!(ChunkReader::parse(object.to_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_shared_batch_with_bad_offsets_is_refused() {
+        let b = Bytes::from(noisy_batch(3, 5000, 1));
+        let mut w = ChunkWriter::new().uncompressed();
+        assert!(
+            w.push_batch_at(10, 11, 0, 0, &b).is_err(),
+            "3 records, not 2"
+        );
+        w.push_batch_at(10, 12, 0, 0, &b).expect("push");
+        assert!(w.push_batch_at(12, 14, 0, 0, &b).is_err(), "overlaps");
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! delegates everything to it and, after each successful put, flushes the object's data,
 //! then its directory entry, before reporting success.
 //!
+//! Overwrite puts (every chunk and snapshot) are written here directly: the payload's
+//! parts go to a staging file with vectored writes, which is synced and renamed into
+//! place. Other puts (create-only, conditional) go to `LocalFileSystem` and are synced
+//! after it returns.
+//!
 //! It then drops the object's pages from the page cache. A bucket object is written once
 //! and read rarely (reads go through the broker's own chunk cache), so keeping it cached
 //! only grows the page cache by every byte ingested, which evicts pages that matter and
@@ -21,7 +26,7 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
     PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
@@ -64,6 +69,63 @@ pub fn drop_cached_pages(f: &File) {
     let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed);
 }
 
+/// Writes `payload` to `file` as a put with overwrite: into a staging file next to it
+/// (`NAME#DIGITS`, which listings skip, as object_store's own staging files), synced, then
+/// renamed over the target, whose directory is synced in turn.
+fn overwrite(file: &FsPath, payload: &PutPayload) -> std::io::Result<()> {
+    let dir = file
+        .parent()
+        .ok_or_else(|| std::io::Error::other("object path has no parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut staged = file.as_os_str().to_owned();
+    staged.push(format!("#{}", rand::random::<u64>()));
+    let staged = PathBuf::from(staged);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staged)?;
+        let parts: Vec<&[u8]> = payload.iter().map(|b| b.as_ref()).collect();
+        write_all_vectored(&mut f, &parts)?;
+        f.sync_data()?;
+        drop_cached_pages(&f);
+        std::fs::rename(&staged, file)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    result
+}
+
+/// Writes every buffer of `bufs`, in order, retrying short writes.
+pub fn write_all_vectored(f: &mut File, bufs: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    // Empty buffers are skipped up front so that a zero-length write means no progress.
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match f.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| object_store::Error::Generic {
+            store: "DurableFs",
+            source: Box::new(e),
+        })?
+}
+
 fn sync_error(path: PathBuf, source: std::io::Error) -> object_store::Error {
     object_store::Error::Generic {
         store: "DurableFs",
@@ -79,14 +141,20 @@ impl ObjectStore for DurableFs {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        if matches!(opts.mode, PutMode::Overwrite) && opts.attributes.is_empty() {
+            // The common case (chunks, snapshots) is written here, with vectored writes
+            // of the payload's parts (a chunk is many shared slices, not one buffer).
+            let file = self.inner.path_to_filesystem(location)?;
+            blocking(move || overwrite(&file, &payload).map_err(|e| sync_error(file, e))).await?;
+            let meta = self.inner.head(location).await?;
+            return Ok(PutResult {
+                e_tag: meta.e_tag,
+                version: None,
+            });
+        }
         let result = self.inner.put_opts(location, payload, opts).await?;
         let file = self.inner.path_to_filesystem(location)?;
-        tokio::task::spawn_blocking(move || make_durable(&file).map_err(|e| sync_error(file, e)))
-            .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "DurableFs",
-                source: Box::new(e),
-            })??;
+        blocking(move || make_durable(&file).map_err(|e| sync_error(file, e))).await?;
         Ok(result)
     }
 
@@ -150,23 +218,32 @@ mod tests {
 
     #[tokio::test]
     async fn put_then_read_back_and_list() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DurableFs::new(dir.path()).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DurableFs::new(dir.path()).expect("open");
         let key = Path::from("a/b/object");
         store
             .put(&key, PutPayload::from_static(b"hello"))
             .await
-            .unwrap();
+            .expect("store call");
         assert_eq!(
-            std::fs::read(dir.path().join("a/b/object")).unwrap(),
+            std::fs::read(dir.path().join("a/b/object")).expect("read back"),
             b"hello"
         );
-        let got = store.get(&key).await.unwrap().bytes().await.unwrap();
+        let got = store
+            .get(&key)
+            .await
+            .expect("store call")
+            .bytes()
+            .await
+            .expect("store call");
         assert_eq!(&got[..], b"hello");
-        assert_eq!(store.get_range(&key, 1..3).await.unwrap(), &b"el"[..]);
+        assert_eq!(
+            store.get_range(&key, 1..3).await.expect("store call"),
+            &b"el"[..]
+        );
         let listed: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(store.list(None))
             .await
-            .unwrap();
+            .expect("store call");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].location, key);
         // Create-only puts keep their semantics.
@@ -181,7 +258,31 @@ mod tests {
             again,
             Err(object_store::Error::AlreadyExists { .. })
         ));
-        store.delete(&key).await.unwrap();
+        // A payload of several parts is written whole, with no staging file left over.
+        let parts = Path::from("a/parts");
+        let payload: PutPayload = vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cd"),
+        ]
+        .into_iter()
+        .collect();
+        let put = store.put(&parts, payload).await.expect("store call");
+        let meta = store.head(&parts).await.expect("store call");
+        assert_eq!(
+            put.e_tag, meta.e_tag,
+            "the put answers the etag a head reads"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("a/parts")).expect("read back"),
+            b"abcd"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+            .expect("list dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        store.delete(&key).await.expect("store call");
         assert!(store.head(&key).await.is_err());
     }
 }

@@ -42,6 +42,8 @@ pub struct Partition {
     announcing: std::sync::atomic::AtomicBool,
     /// Since when the preferred leader has been a caught-up follower of this leader.
     preferred_ready_since: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Whether this partition's chunks are worth compressing.
+    pub compression: crate::tiering::CompressionHint,
 }
 
 impl Partition {
@@ -257,6 +259,7 @@ impl Registry {
                 moving: Default::default(),
                 preferred_ready_since: Default::default(),
                 announcing: Default::default(),
+                compression: Default::default(),
             });
             self.partitions.write().insert((topic, index), partition);
         }

@@ -51,6 +51,36 @@ pub struct TierConfig {
     pub compaction: compaction::CompactionPolicy,
 }
 
+/// Whether a partition's chunks are worth a zstd trial. [`ChunkWriter`] decides per chunk
+/// by compressing its first frame; once a partition's data has shown itself incompressible
+/// (random payloads, or batches the producer compressed), the next [`PROBE_EVERY`] chunks
+/// are stored raw without that trial.
+#[derive(Default)]
+pub struct CompressionHint {
+    raw_left: AtomicU64,
+}
+
+/// Chunks stored raw without a trial after a trial found the data incompressible.
+const PROBE_EVERY: u64 = 16;
+
+impl CompressionHint {
+    fn writer(&self) -> (ChunkWriter, bool) {
+        let left = self.raw_left.load(Ordering::Relaxed);
+        if left > 0 {
+            self.raw_left.store(left - 1, Ordering::Relaxed);
+            (ChunkWriter::new().uncompressed(), false)
+        } else {
+            (ChunkWriter::new(), true)
+        }
+    }
+
+    fn record(&self, probed: bool, compressed: bool) {
+        if probed && !compressed {
+            self.raw_left.store(PROBE_EVERY, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A tiered batch as stored in a chunk: offsets final.
 #[derive(Clone, Debug)]
 pub struct StoredBatch {
@@ -347,8 +377,8 @@ impl Tier {
             .await
             .map_err(|e| format!("upload slots: {e}"))?;
         // Copying batches in (and zstd when it pays): off the async workers.
+        let (mut writer, probed) = p.compression.writer();
         let (object, max_timestamp) = tokio::task::spawn_blocking(move || {
-            let mut writer = ChunkWriter::new();
             let mut max_timestamp = i64::MIN;
             for b in &batches {
                 writer
@@ -366,6 +396,7 @@ impl Tier {
         })
         .await
         .map_err(|e| format!("build chunk: {e}"))??;
+        p.compression.record(probed, object.compressed);
         let key = layout::chunk_key(p.topic_id, p.index, base_offset, last_offset);
         let size = object.len;
         if let Err(e) = self.bucket.put_parts(&key, object.parts).await {
