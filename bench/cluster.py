@@ -21,7 +21,7 @@ from suite import FAST_LEASE, ROOT, Broker, bench, free_port, machine  # noqa: E
 class Cluster:
     def __init__(self, bin_dir, size=3, extra=()):
         self.bin_dir = bin_dir
-        self.raft = {i: free_port() for i in range(1, size + 2)}
+        self.raft = {i: free_port() for i in range(1, size + 1)}
         self.extra = list(extra)
         self.nodes = {}
         self.bucket = None
@@ -32,6 +32,10 @@ class Cluster:
         return ",".join(f"{i}@127.0.0.1:{self.raft[i]}" for i in range(1, size + 1))
 
     def add(self, i, size, start=False):
+        # A node added later gets its port now, not at cluster start: a port picked long
+        # before it is bound can meanwhile go to some client's outgoing connection.
+        if i not in self.raft:
+            self.raft[i] = free_port()
         b = Broker(self.bin_dir, ["--node-id", str(i), "--raft-addr", f"127.0.0.1:{self.raft[i]}",
                                   "--peers", self.peers(size), *FAST_LEASE, *self.extra])
         if self.bucket is None:

@@ -53,6 +53,9 @@ class Broker:
                                      stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = (self.dir / "log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{tail}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/health", timeout=1) as r:
                     if r.status == 200:
