@@ -76,6 +76,15 @@ async fn read_frames(
             Ok(Ok(Some(f))) => Ok(f),
             Ok(Err(e)) => Err(e),
         };
+        if buf.is_empty()
+            && frame
+                .as_ref()
+                .is_ok_and(|f| f.len() > KEEP_READ_BUFFER_BYTES)
+        {
+            // A big request must not pin its big buffer for the connection's life: once
+            // the request is done with it, it is freed, and reading starts small again.
+            buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+        }
         let stop = frame.is_err();
         if tx.send(frame).await.is_err() || stop {
             return;
@@ -85,6 +94,9 @@ async fn read_frames(
 
 /// Bytes a connection's read buffer starts with; it grows to the largest frame seen.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// After a frame bigger than this, an empty read buffer is replaced by a small one.
+const KEEP_READ_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// Reads one length-prefixed frame through `buf`; `None` on a clean end of stream.
 ///

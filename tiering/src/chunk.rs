@@ -1,6 +1,7 @@
 //! The chunk object format, version 1: one immutable object holding consecutive Kafka v2
-//! record batches exactly as fetched (final offsets), compressed as independent zstd
-//! frames, plus a sparse index so a reader can range-GET one frame.
+//! record batches exactly as fetched (final offsets), in frames that are either all
+//! independent zstd frames or all raw (flag bit 0), plus a sparse index so a reader can
+//! range-GET one frame.
 //!
 //! All integers are big-endian (as in Kafka). Layout:
 //!
@@ -16,8 +17,9 @@
 //!   body_len         u64 bytes of the body
 //!   index_len        u32 bytes of the index (40 per frame)
 //! body (body_len bytes): the frames, back to back. A frame is whole batches, cut after
-//!   the batch that brings it to >= frame_bytes raw bytes (default 1 MiB); each is a
-//!   complete zstd frame with its content checksum.
+//!   the batch that brings it to >= frame_bytes raw bytes (default 1 MiB). Compressed,
+//!   each is a complete zstd frame with its content checksum; raw, it is the batches as
+//!   they are, each still carrying Kafka's own CRC-32C over its records.
 //! index (index_len bytes), per frame, in order:
 //!   first_offset i64, last_offset i64, max_timestamp i64,
 //!   compressed_pos u64 (absolute position in the object), compressed_len u32, raw_len u32
@@ -29,7 +31,10 @@
 //!
 //! `crc` protects the whole object when it is read whole; `head_crc` lets a reader that
 //! fetched only the header and the tail (index + trailer) trust the index, and each zstd
-//! frame's own checksum protects a frame fetched by range.
+//! frame's own checksum protects a frame fetched by range. A raw frame fetched by range has
+//! only its batches' own CRC-32C (which a Kafka consumer checks) and their framing; the
+//! broker reads chunks whole, under `crc`. Chunks are stored raw when zstd would save
+//! less than 10% (see [`ChunkWriter`]).
 //!
 //! Decoding never panics: truncated, bit-flipped or newer-version input is
 //! [`TieringError::Corrupt`] naming the object key.
@@ -89,8 +94,11 @@ fn be_i32(b: &[u8], at: usize) -> i32 {
 /// The (base, last) offsets of a v2 batch, read from its own header, after checking that
 /// `batch` is exactly one batch.
 fn batch_offsets(batch: &[u8]) -> Result<(i64, i64), String> {
-    let delta = batch_delta(batch)?;
-    let base = be_i64(batch, 0);
+    offsets_of(be_i64(batch, 0), batch_delta(batch)?)
+}
+
+/// `(base, base + delta)`, refusing a negative base and overflow.
+fn offsets_of(base: i64, delta: i64) -> Result<(i64, i64), String> {
     if base < 0 {
         return Err(format!("batch offsets {base}+{delta} are negative"));
     }
@@ -682,7 +690,7 @@ impl ChunkWriter {
         match rewrite {
             Some((epoch, shared)) if self.mode == Mode::Raw && batch.len() >= SHARE_MIN_BYTES => {
                 let delta = batch_delta(batch).map_err(&invalid)?;
-                mismatch((base_offset, base_offset.saturating_add(delta))).map_err(&invalid)?;
+                mismatch(offsets_of(base_offset, delta).map_err(&invalid)?).map_err(&invalid)?;
                 let mut head = [0u8; 16];
                 head.copy_from_slice(&batch[..16]);
                 head[..8].copy_from_slice(&base_offset.to_be_bytes());
@@ -695,9 +703,12 @@ impl ChunkWriter {
             }
             _ => {
                 let at = self.pending.len();
-                if at == 0 {
-                    self.pending
-                        .reserve(self.frame_bytes.max(batch.len()) + batch.len());
+                if self.pending.capacity() - at < batch.len() {
+                    // Room for the rest of the frame, not more: after a shared batch the
+                    // old buffer lives on in a frozen part, and a reserve sized past it
+                    // would allocate a whole frame per small batch.
+                    let rest = self.frame_bytes.saturating_sub(self.frame_len);
+                    self.pending.reserve(rest.max(batch.len()));
                 }
                 self.pending.put_slice(batch);
                 let copy = &mut self.pending[at..];

@@ -76,7 +76,7 @@ fn overwrite(file: &FsPath, payload: &PutPayload) -> std::io::Result<()> {
     let dir = file
         .parent()
         .ok_or_else(|| std::io::Error::other("object path has no parent"))?;
-    std::fs::create_dir_all(dir)?;
+    create_dirs_durably(dir)?;
     let mut staged = file.as_os_str().to_owned();
     staged.push(format!("#{}", rand::random::<u64>()));
     let staged = PathBuf::from(staged);
@@ -96,6 +96,30 @@ fn overwrite(file: &FsPath, payload: &PutPayload) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&staged);
     }
     result
+}
+
+/// Creates `dir` and its missing parents, syncing the directory that gained each new
+/// entry, so a new directory (a new partition's first chunk) survives a power cut too.
+fn create_dirs_durably(dir: &FsPath) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in missing {
+        if let Some(parent) = created.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes every buffer of `bufs`, in order, retrying short writes.

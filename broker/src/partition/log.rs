@@ -35,6 +35,8 @@ use super::batch::BatchHeader;
 use super::producers::{ProducerTable, SequenceCheck};
 use crate::errors::code;
 
+/// The first byte of a bare batch command (see [`append_command`]).
+const BARE_BATCH: u8 = 0;
 const CMD_APPEND: u8 = 1;
 const CMD_CHUNK_TIERED: u8 = 2;
 const CMD_DELETE_RECORDS: u8 = 3;
@@ -44,14 +46,15 @@ const CMD_OBJECTS_DELETED: u8 = 5;
 pub const APPEND_BATCH_POS: usize = 1;
 
 /// The append command for one validated batch: the batch itself, shared with the request
-/// it arrived in (not copied), since a command whose first byte is not a kind byte is a
-/// bare batch. A batch whose first byte could be read as a kind (a baseOffset of 2^56 or
-/// more, which no client sends) is prefixed with [`CMD_APPEND`] instead.
+/// it arrived in (not copied). A command whose first byte is 0 is such a bare batch; every
+/// other first byte is a kind, so kinds 1..=255 stay free for commands. A batch whose
+/// first byte is not 0 (a client baseOffset of 2^56 or more, which no client sends) is
+/// prefixed with [`CMD_APPEND`] instead.
+///
+/// Nodes that predate bare batches cannot apply them: every node of a cluster must run a
+/// build that has them (no rolling upgrade across this change).
 pub fn append_command(batch: Bytes) -> Command {
-    if batch
-        .first()
-        .is_some_and(|b| (CMD_APPEND..=CMD_OBJECTS_DELETED).contains(b))
-    {
+    if batch.first() != Some(&BARE_BATCH) {
         let mut b = BytesMut::with_capacity(batch.len() + 1);
         b.put_u8(CMD_APPEND);
         b.put_slice(&batch);
@@ -579,9 +582,8 @@ impl ApplyState for PartitionLog {
                 Ok(cmd) => self.objects_deleted(cmd),
                 Err(_) => corrupt(self),
             },
-            // A bare batch (see `append_command`).
-            Some(_) => self.append(log_id, bytes.clone()),
-            None => corrupt(self),
+            Some(&BARE_BATCH) => self.append(log_id, bytes.clone()),
+            _ => corrupt(self),
         };
         result.encode()
     }
@@ -671,7 +673,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_its_own_command_unless_it_looks_like_a_kind_byte() {
+    fn a_batch_is_its_own_command_unless_its_first_byte_is_not_zero() {
         let plain = Bytes::from(batch(-1, -1, -1, 3, 10));
         let cmd = append_command(plain.clone());
         assert_eq!(cmd.0.as_ptr(), plain.as_ptr(), "shared, not copied");
@@ -685,10 +687,15 @@ mod tests {
         let mut log = PartitionLog::default();
         assert_eq!(apply(&mut log, 1, 1, &odd).base_offset, 0);
         assert_eq!(apply(&mut log, 1, 2, &plain).base_offset, 3);
-        // Garbage that is neither a kind nor a batch is refused, identically everywhere.
+        // An unknown kind is refused, identically everywhere.
         let id = log_id(1, 3);
-        let r = AppendResult::decode(&log.apply(&id, &Command(Bytes::from_static(b"\x09junk"))));
-        assert_ne!(r.error, code::NONE);
+        for junk in [&b"\x09junk"[..], &b"\x00junk"[..]] {
+            let cmd = Command(Bytes::from_static(junk));
+            assert_ne!(
+                AppendResult::decode(&log.apply(&id, &cmd)).error,
+                code::NONE
+            );
+        }
         assert_eq!(log.high_watermark(), 6);
     }
 

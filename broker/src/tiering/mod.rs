@@ -138,13 +138,22 @@ impl Tier {
     /// untiered (until the next step recounts exactly), and starts a step early once that
     /// partition has a whole chunk waiting: a busy partition ships full-size chunks as fast
     /// as they fill, a quiet one on the clock.
+    ///
+    /// Many partitions that each hold less than a chunk can still add up: past half of
+    /// `max_untiered_bytes` on the node, steps start early too and ship partial chunks, so
+    /// producers do not hit the limit while waiting for the clock.
     pub fn note_appended(&self, bytes: u64, partition_untiered: u64) {
         self.stats
             .untiered_bytes
             .fetch_add(bytes, Ordering::Relaxed);
-        if partition_untiered + bytes >= self.config.chunk_bytes as u64 {
+        if partition_untiered + bytes >= self.config.chunk_bytes as u64 || self.under_pressure() {
             self.wake.notify_one();
         }
+    }
+
+    /// More than half of `max_untiered_bytes` waits on the node.
+    fn under_pressure(&self) -> bool {
+        self.stats.untiered_bytes.load(Ordering::Relaxed) > self.config.max_untiered_bytes / 2
     }
 
     /// Snapshots a partition group if it applied entries since its last snapshot: always
@@ -315,17 +324,18 @@ impl Tier {
     }
 
     /// Ships everything untiered when the step starts (on a step woken early, only whole
-    /// chunks), one chunk per `chunk_bytes`, then snapshots the partition once (its tail is
-    /// smallest now) so the WAL can be purged.
+    /// chunks unless the node is under pressure), one chunk per `chunk_bytes`, then
+    /// snapshots the partition once (its tail is smallest now) so the WAL can be purged.
     /// `Ok(true)` when a chunk was tiered.
     async fn tier_partition(&self, p: &Arc<Partition>, on_clock: bool) -> Result<bool, String> {
         use futures::StreamExt;
-        if !on_clock && p.log.read().untiered_bytes() < self.config.chunk_bytes as u64 {
+        let whole_chunks_only = !on_clock && !self.under_pressure();
+        if whole_chunks_only && p.log.read().untiered_bytes() < self.config.chunk_bytes as u64 {
             return Ok(false);
         }
         let end = p.log.read().high_watermark();
         let mut pieces = p.log.read().untiered_chunks(self.config.chunk_bytes, end);
-        if !on_clock {
+        if whole_chunks_only {
             // Woken early: only whole chunks; the rest waits to fill up or for the clock.
             let size = |piece: &Vec<BatchLocation>| -> usize {
                 piece.iter().map(|b| b.bytes as usize).sum()
