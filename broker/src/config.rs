@@ -56,9 +56,11 @@ pub struct Config {
     /// A node with an empty data dir restores from a bucket only if the owner's lease is
     /// older than this: a live cluster keeps its bucket.
     pub lease_timeout_ms: u64,
-    /// How often each partition leader ships its untiered tail to the bucket.
+    /// How often each partition leader ships its untiered tail to the bucket (a busy
+    /// partition ships sooner, whenever a whole chunk is waiting).
     pub tiering_interval_ms: u64,
-    /// A chunk object is cut at this many bytes of record batches.
+    /// A chunk object is cut at this many bytes of record batches; a partition with this
+    /// many untiered bytes ships them without waiting for the interval.
     pub tiering_chunk_bytes: u64,
     /// Untiered bytes the node may hold (in memory, awaiting upload) before producers get
     /// a retriable KAFKA_STORAGE_ERROR; reached only while the bucket is slow or down.
@@ -68,7 +70,8 @@ pub struct Config {
     /// How long an object that left a partition manifest (DeleteRecords, retention,
     /// compaction) stays in the bucket before garbage collection deletes it.
     pub gc_grace_ms: u64,
-    /// Compaction merges a run of at least this many adjacent chunks into one segment.
+    /// Compaction merges a run of at least this many adjacent small chunks (under half of
+    /// `tiering_chunk_bytes`) into one segment.
     pub compaction_min_chunks: u64,
     /// Largest segment object compaction writes.
     pub segment_bytes: u64,

@@ -7,6 +7,7 @@ pub mod bucket;
 pub mod cache;
 pub mod chunk;
 pub mod chunk_read;
+pub mod chunk_write;
 pub mod durable_fs;
 pub mod error;
 pub mod failing;
