@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import signal
 import socket
@@ -60,7 +61,37 @@ def kcat_bin() -> str:
     return path
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
+    """A port that is free now and outside the kernel's ephemeral range.
+
+    A port handed out by bind(0) comes from the ephemeral range, the same range outgoing
+    connections use: between picking it and the broker binding it, a client connection
+    can take it ("Address already in use"). Ports below that range are never assigned to
+    outgoing connections, so only another listener could take one."""
+    low, high = _ephemeral_range()
+    start, end = (max(1024, low - 12000), low) if low - 1024 >= 2000 else (high + 1, 65536)
+    for _ in range(200):
+        port = random.randrange(start, end)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
