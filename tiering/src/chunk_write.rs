@@ -316,28 +316,24 @@ impl ChunkWriter {
         }
         let raw_len = self.frame_len;
         self.frame_len = 0;
-        let mut parts = std::mem::take(&mut self.shared);
-        if !self.pending.is_empty() {
-            parts.push(self.pending.split().freeze());
-        }
-        // Only raw frames take shared parts, so a frame to compress is one buffer.
-        let stored = match (self.mode, parts.as_slice()) {
-            (Mode::Raw, _) => parts,
-            (Mode::Zstd, [raw]) => vec![Bytes::from(self.compress(raw))],
-            (Mode::Auto, [raw]) => {
-                let z = self.compress(raw);
-                if (z.len() as f64) <= raw.len() as f64 * (1.0 - MIN_SAVING) {
-                    self.mode = Mode::Zstd;
-                    vec![Bytes::from(z)]
-                } else {
-                    self.mode = Mode::Raw;
-                    parts
-                }
+        let stored = if self.mode == Mode::Raw {
+            let mut parts = std::mem::take(&mut self.shared);
+            if !self.pending.is_empty() {
+                parts.push(self.pending.split().freeze());
             }
-            (_, _) => {
-                let raw: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            parts
+        } else {
+            // Only raw frames take shared parts, so a frame to compress is `pending` alone.
+            debug_assert!(self.shared.is_empty());
+            let raw = self.pending.split().freeze();
+            let z = self.compress(&raw);
+            let pays = (z.len() as f64) <= raw.len() as f64 * (1.0 - MIN_SAVING);
+            if self.mode == Mode::Zstd || pays {
                 self.mode = Mode::Zstd;
-                vec![Bytes::from(self.compress(&raw))]
+                vec![Bytes::from(z)]
+            } else {
+                self.mode = Mode::Raw;
+                vec![raw]
             }
         };
         let stored_len: usize = stored.iter().map(Bytes::len).sum();
