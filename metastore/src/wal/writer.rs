@@ -117,12 +117,16 @@ impl Writer {
         let mut dirty = false;
         let mut last_sync = Instant::now();
         loop {
-            let first = if dirty {
-                let wait = match self.policy {
-                    FsyncPolicy::IntervalMs(ms) => (last_sync + Duration::from_millis(ms))
-                        .saturating_duration_since(Instant::now()),
-                    FsyncPolicy::Always | FsyncPolicy::Never => Duration::ZERO,
-                };
+            // Under `Always`, written data that nobody waits for (a committed-index
+            // record) rides along with the next fsync instead of costing one of its own.
+            let sync_deadline = match self.policy {
+                _ if !dirty => None,
+                FsyncPolicy::IntervalMs(ms) => Some(last_sync + Duration::from_millis(ms)),
+                FsyncPolicy::Always if unsynced.is_empty() => None,
+                FsyncPolicy::Always | FsyncPolicy::Never => Some(Instant::now()),
+            };
+            let first = if let Some(deadline) = sync_deadline {
+                let wait = deadline.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout) => {
@@ -154,7 +158,7 @@ impl Writer {
             }
             dirty |= self.process(batch, &mut unsynced);
             let sync_now = match self.policy {
-                FsyncPolicy::Always => true,
+                FsyncPolicy::Always => !unsynced.is_empty(),
                 FsyncPolicy::Never => false,
                 FsyncPolicy::IntervalMs(ms) => last_sync.elapsed() >= Duration::from_millis(ms),
             };

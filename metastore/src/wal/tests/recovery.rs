@@ -330,3 +330,27 @@ async fn never_policy_completes_without_fsync() {
     let wal = open(dir.path(), 1 << 20);
     assert_eq!(indexes(&wal, 0).await, vec![1, 2, 3, 4, 5]);
 }
+
+#[tokio::test]
+async fn unawaited_record_rides_with_the_next_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = open(dir.path(), 1 << 20);
+    append_range(&wal, 0, 1, 1..=2).await;
+    let after_append = wal.stats().fsyncs;
+    assert!(after_append >= 1, "an awaited append is fsynced");
+    let mut s = wal.log_store(0);
+    // Nobody waits for the committed id, so under `Always` it costs no fsync of its own...
+    s.save_committed(Some(log_id(1, 2)))
+        .await
+        .expect("save committed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(wal.stats().fsyncs, after_append);
+    // ...and the next awaited write makes it durable along with itself.
+    append_range(&wal, 0, 1, 3..=3).await;
+    assert_eq!(wal.stats().fsyncs, after_append + 1);
+    drop((s, wal));
+    let wal = open(dir.path(), 1 << 20);
+    let mut s = wal.log_store(0);
+    assert_eq!(s.read_committed().await.expect("read"), Some(log_id(1, 2)));
+    assert_eq!(indexes(&wal, 0).await, vec![1, 2, 3]);
+}
