@@ -11,7 +11,8 @@
 //! poisoned until reopened) because a gap in the file would corrupt what follows.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -32,6 +33,10 @@ const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Synced bytes after which the writer drops the segment's pages from the page cache.
 const DROP_PAGES_EVERY: u64 = 4 * 1024 * 1024;
+
+/// The page size assumed when dropping synced pages (a larger real page only means a
+/// partial page is occasionally dropped and read back).
+const PAGE_BYTES: u64 = 4096;
 
 /// Writes every buffer of `bufs`, in order, retrying short writes.
 fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
@@ -283,8 +288,16 @@ impl Writer {
             return;
         }
         self.undropped_bytes = 0;
+        // Only whole pages below the append point: dropping the partly written last page
+        // would make the next append read it back from disk before writing into it.
+        let Ok(end) = (&self.file).stream_position() else {
+            return;
+        };
+        let Some(len) = NonZeroU64::new(end & !(PAGE_BYTES - 1)) else {
+            return;
+        };
         // Only advice: a failure changes nothing but the page cache's contents.
-        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
+        let _ = rustix::fs::fadvise(&self.file, 0, Some(len), rustix::fs::Advice::DontNeed);
     }
 
     fn complete(&self, waiting: &mut Vec<Completion>) {
