@@ -8,22 +8,17 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
-/// Where the benchmark connects: a broker list, or librdkafka's in-memory mock cluster.
+/// Where the benchmark connects: a broker list (a real broker, or the bootstrap address
+/// of librdkafka's in-memory mock cluster).
 #[derive(Clone, Debug)]
 pub struct Target {
     pub brokers: String,
-    pub mock: bool,
 }
 
 impl Target {
     pub fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        if self.mock {
-            // The mock cluster stores nothing durable: the practical ceiling of the client.
-            c.set("test.mock.num.brokers", "1");
-        } else {
-            c.set("bootstrap.servers", &self.brokers);
-        }
+        c.set("bootstrap.servers", &self.brokers);
         c
     }
 }

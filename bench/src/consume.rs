@@ -45,7 +45,6 @@ pub struct ConsumeReport {
 fn consumer(brokers: &str) -> anyhow::Result<BaseConsumer> {
     Target {
         brokers: brokers.to_string(),
-        mock: false,
     }
     .config()
     .set("group.id", "chronik-bench")
@@ -145,7 +144,6 @@ fn now_nanos() -> u64 {
 pub fn e2e(args: &E2eArgs) -> anyhow::Result<E2eReport> {
     let target = Target {
         brokers: args.brokers.clone(),
-        mock: false,
     };
     ensure_topic(&target, &args.topic, 1)?;
     let c = consumer(&args.brokers)?;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::Serialize;
@@ -47,6 +48,14 @@ pub struct ProduceArgs {
     pub linger_ms: u64,
     #[arg(long)]
     pub json: bool,
+    /// Print the client's per-broker round-trip figures (from librdkafka statistics)
+    /// to stderr every second: where a request's time goes, as the client sees it.
+    #[arg(long)]
+    pub client_stats: bool,
+    /// Extra librdkafka producer property, `name=value` (repeatable), like
+    /// rdkafka_performance's -X. Applied last, so it overrides the settings above.
+    #[arg(short = 'X', long = "property", value_name = "NAME=VALUE")]
+    pub properties: Vec<String>,
 }
 
 #[derive(Default)]
@@ -58,7 +67,30 @@ struct Deliveries {
 
 struct Ctx(Arc<Deliveries>);
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's own log lines (warnings, or what `-X debug=...` asks for) go to stderr.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
+        eprintln!("librdkafka {level:?} {fac}: {line}");
+    }
+
+    fn stats(&self, s: rdkafka::Statistics) {
+        for b in s.brokers.values().filter(|b| b.nodeid >= 0) {
+            let window = |w: &Option<rdkafka::statistics::Window>| {
+                w.as_ref()
+                    .map_or("-".to_string(), |w| format!("{}/{}", w.avg, w.p99))
+            };
+            eprintln!(
+                "client {}: rtt avg/p99 us {}  queued in client {}  waiting in outbuf {}  in flight {}  requests sent {}",
+                b.name,
+                window(&b.rtt),
+                window(&b.int_latency),
+                window(&b.outbuf_latency),
+                b.waitresp_cnt,
+                b.tx,
+            );
+        }
+    }
+}
 
 impl ProducerContext for Ctx {
     type DeliveryOpaque = Box<Instant>;
@@ -94,12 +126,23 @@ pub fn run(args: &ProduceArgs) -> anyhow::Result<ProduceReport> {
     if args.count.is_none() && args.duration_s.is_none() {
         bail!("give --count or --duration-s");
     }
-    let target = Target {
-        brokers: args.brokers.clone(),
-        mock: args.mock,
+    // The mock cluster stores nothing durable: the practical ceiling of the client. It
+    // gets a topic of the same shape as the broker's, because the client's pipelining is
+    // per partition (an idempotent producer keeps one request in flight per partition).
+    let mock = if args.mock {
+        let mock = MockCluster::new(1).context("start librdkafka's mock cluster")?;
+        mock.create_topic(&args.topic, args.partitions, 1)
+            .context("create the mock cluster's topic")?;
+        Some(mock)
+    } else {
+        None
     };
-    // Every client gets its own mock cluster, which auto-creates topics on first produce.
-    if !args.mock {
+    let target = Target {
+        brokers: mock
+            .as_ref()
+            .map_or_else(|| args.brokers.clone(), MockCluster::bootstrap_servers),
+    };
+    if mock.is_none() {
         ensure_topic(&target, &args.topic, args.partitions)?;
     }
     let deliveries = Arc::new(Deliveries::default());
@@ -120,9 +163,22 @@ pub fn run(args: &ProduceArgs) -> anyhow::Result<ProduceReport> {
             .set("linger.ms", args.linger_ms.to_string())
             .set("queue.buffering.max.kbytes", "262144")
             .set(
+                "statistics.interval.ms",
+                if args.client_stats { "1000" } else { "0" },
+            )
+            .set(
                 "enable.idempotence",
                 if args.acks == "all" { "true" } else { "false" },
             );
+        for p in &args.properties {
+            let Some((name, value)) = p.split_once('=') else {
+                bail!("-X {p:?}: expected NAME=VALUE, e.g. -X linger.ms=10");
+            };
+            config.set(name, value);
+            if name == "debug" {
+                config.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+            }
+        }
         let producer: ThreadedProducer<Ctx> = config
             .create_with_context(Ctx(deliveries.clone()))
             .context("create producer")?;
