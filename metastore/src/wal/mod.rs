@@ -42,7 +42,7 @@ pub use state::TAIL_CACHE_BYTES;
 use format::{Frame, Record};
 use group::EntryLoc;
 use state::{Placed, State};
-use writer::{Completion, Writer, WriterShared};
+use writer::{Completion, SegmentReader, Writer, WriterShared};
 
 use crate::types::{Entry, GroupId};
 
@@ -109,7 +109,7 @@ struct Inner {
     io: Arc<WriterShared>,
     pending: Arc<Semaphore>,
     /// Open read handles of segment files, for positional reads.
-    readers: Mutex<HashMap<u64, Arc<File>>>,
+    readers: Mutex<HashMap<u64, Arc<SegmentReader>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -121,7 +121,13 @@ impl Wal {
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create dir", &dir, e))?;
         let rec = recovery::recover(&dir)?;
         let active = rec.segments.keys().next_back().copied().unwrap_or(0);
-        let file = segment::open_append(&dir, active)?;
+        let file = segment::open_at_end(&dir, active)?;
+        let mut spares = segment::list_spares(&dir)?;
+        for extra in spares.split_off(spares.len().min(writer::MAX_SPARES)) {
+            if let Err(e) = std::fs::remove_file(&extra) {
+                tracing::warn!(path = %extra.display(), error = %e, "wal: could not delete a spare");
+            }
+        }
         let io = Arc::new(WriterShared::default());
         io.written_pos.store(rec.end_pos, Ordering::Release);
         let (tx, rx) = mpsc::channel();
@@ -133,6 +139,7 @@ impl Wal {
             rx,
             shared: io.clone(),
             undropped_bytes: 0,
+            spares,
         };
         let handle = std::thread::Builder::new()
             .name("chronik-wal".to_string())
@@ -148,6 +155,7 @@ impl Wal {
             rec.groups,
             rec.segments,
             rec.end_pos,
+            rec.last_salt,
             config.segment_bytes,
             tx,
         );
@@ -308,17 +316,16 @@ impl Wal {
         for id in &dead {
             state.segments.remove(id);
         }
-        {
+        let readers = {
             let mut readers = self.inner.readers.lock();
-            for id in &dead {
-                readers.remove(id);
-            }
-        }
+            dead.iter().filter_map(|id| readers.remove(id)).collect()
+        };
         tracing::debug!(segments = ?dead, "wal: deleting segments without live entries");
         state
             .tx
             .send(writer::Job::Delete {
                 segments: dead,
+                readers,
                 done,
             })
             .map_err(|_| WalError::Closed)
@@ -326,21 +333,31 @@ impl Wal {
 
     /// Reads the entry at `loc` from its segment file (blocking).
     fn read_at(&self, group: GroupId, loc: EntryLoc) -> Result<Entry, WalError> {
-        let file = {
+        let reader = {
             let mut readers = self.inner.readers.lock();
             match readers.get(&loc.segment) {
-                Some(f) => f.clone(),
+                Some(r) => r.clone(),
                 None => {
                     let p = segment::path(&self.inner.dir, loc.segment);
-                    let f =
-                        Arc::new(File::open(&p).map_err(|e| WalError::io("open segment", &p, e))?);
-                    readers.insert(loc.segment, f.clone());
-                    f
+                    let file = File::open(&p).map_err(|e| WalError::io("open segment", &p, e))?;
+                    let salt = segment::read_header(&file, loc.segment)?.salt(loc.segment);
+                    let r = Arc::new(SegmentReader {
+                        segment: loc.segment,
+                        file,
+                        salt,
+                    });
+                    readers.insert(loc.segment, r.clone());
+                    r
                 }
             }
         };
-        let (got_group, record) =
-            segment::read_frame(&file, loc.segment, loc.offset, loc.frame_len)?;
+        let (got_group, record) = segment::read_frame(
+            &reader.file,
+            loc.segment,
+            reader.salt,
+            loc.offset,
+            loc.frame_len,
+        )?;
         match record {
             Record::Entry(e) if got_group == group && e.log_id == loc.log_id => Ok(e),
             _ => Err(WalError::corrupt(

@@ -6,6 +6,13 @@
 //! check out (a bad frame followed by real data, or a bad frame in an earlier segment, which
 //! was fsynced before the next one was created) may be acknowledged data, so recovery stops
 //! with an error naming the segment and offset instead of dropping it.
+//!
+//! A recycled last segment is the exception: after its last frame come the frames of the
+//! file's earlier life (their crcs carry another segment's salt), and a torn write there
+//! may leave any mix of new and old pages. So in it the first frame that does not check
+//! out is the end of the log, as in the recycled-file WAL modes of PostgreSQL and RocksDB.
+//! A recycled segment is cut to its end before the next one is created, so once sealed it
+//! is checked as strictly as any other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -28,6 +35,8 @@ pub(crate) struct Recovered {
     pub segments: BTreeMap<u64, u64>,
     /// Global write position after the last valid byte (sum of segment lengths).
     pub end_pos: u64,
+    /// The crc salt of the last segment, where appends continue.
+    pub last_salt: u32,
 }
 
 /// Scans `dir` (which must exist), cutting a torn tail off the last segment.
@@ -38,25 +47,27 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
         drop(segment::create(dir, 0)?);
         rec.segments.insert(0, SEGMENT_HEADER_LEN);
         rec.end_pos = SEGMENT_HEADER_LEN;
+        rec.last_salt = format::salt_for(0);
         return Ok(rec);
     }
     let last = ids.len() - 1;
     for (i, id) in ids.iter().copied().enumerate() {
-        let len = scan_segment(dir, id, i == last, rec.end_pos, &mut rec.groups)?;
+        let (len, salt) = scan_segment(dir, id, i == last, rec.end_pos, &mut rec.groups)?;
         rec.segments.insert(id, len);
         rec.end_pos += len;
+        rec.last_salt = salt;
     }
     Ok(rec)
 }
 
-/// Replays one segment into `groups`; returns its valid length.
+/// Replays one segment into `groups`; returns its valid length and its crc salt.
 fn scan_segment(
     dir: &Path,
     id: u64,
     is_last: bool,
     base_pos: u64,
     groups: &mut HashMap<GroupId, GroupState>,
-) -> Result<u64, WalError> {
+) -> Result<(u64, u32), WalError> {
     let path = segment::path(dir, id);
     let name = segment::file_name(id);
     let file = File::open(&path).map_err(|e| WalError::io("open segment", &path, e))?;
@@ -76,26 +87,35 @@ fn scan_segment(
         }
         tracing::warn!(segment = %name, len = file_len, "wal: rewriting torn segment header");
         segment::rewrite_header(dir, id)?;
-        return Ok(SEGMENT_HEADER_LEN);
+        return Ok((SEGMENT_HEADER_LEN, format::salt_for(id)));
     }
     let mut r = BufReader::with_capacity(1 << 20, &file);
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     r.read_exact(&mut header).map_err(io)?;
-    format::check_segment_header(&header).map_err(|m| WalError::corrupt(&name, 0, m))?;
+    let header =
+        format::check_segment_header(&header).map_err(|m| WalError::corrupt(&name, 0, m))?;
+    let salt = header.salt(id);
+    let ends_at_first_bad_frame = is_last && header.recycled;
+    let cut = |off: u64, why: &str| torn(dir, id, is_last, off, why).map(|len| (len, salt));
 
     let mut off = SEGMENT_HEADER_LEN;
     let mut payload = Vec::new();
     while off < file_len {
         let remaining = file_len - off;
         if remaining < FRAME_HEADER_LEN {
-            return torn(dir, id, is_last, off, "incomplete frame header");
+            return cut(off, "incomplete frame header");
         }
         let mut h = [0u8; FRAME_HEADER_LEN as usize];
         r.read_exact(&mut h).map_err(io)?;
         let (len, crc) = parse_frame_header(h);
+        if ends_at_first_bad_frame
+            && (len > MAX_PAYLOAD_BYTES || FRAME_HEADER_LEN + u64::from(len) > remaining)
+        {
+            return cut(off, RECYCLED_END);
+        }
         if len == 0 && crc == 0 {
-            if segment::rest_is_zero(&file, off, file_len).map_err(io)? {
-                return torn(dir, id, is_last, off, "zero-filled tail");
+            if ends_at_first_bad_frame || segment::rest_is_zero(&file, off, file_len).map_err(io)? {
+                return cut(off, "zero-filled tail");
             }
             return Err(WalError::corrupt(
                 &name,
@@ -112,14 +132,17 @@ fn scan_segment(
         }
         let frame_len = FRAME_HEADER_LEN + u64::from(len);
         if frame_len > remaining {
-            return torn(dir, id, is_last, off, "incomplete frame");
+            return cut(off, "incomplete frame");
         }
         payload.resize(len as usize, 0);
         r.read_exact(&mut payload).map_err(io)?;
-        if crc32fast::hash(&payload) != crc {
+        if !format::crc_matches(&payload, crc, salt) {
+            if ends_at_first_bad_frame {
+                return cut(off, RECYCLED_END);
+            }
             let end = off + frame_len;
             if end == file_len || segment::rest_is_zero(&file, end, file_len).map_err(io)? {
-                return torn(dir, id, is_last, off, "crc mismatch in last frame");
+                return cut(off, "crc mismatch in last frame");
             }
             return Err(WalError::corrupt(
                 &name,
@@ -142,7 +165,7 @@ fn scan_segment(
         replay(groups, group, record, loc);
         off += frame_len;
     }
-    Ok(off)
+    Ok((off, salt))
 }
 
 /// Applies one recovered record.
@@ -164,6 +187,9 @@ fn replay(
     }
 }
 
+/// Why a recycled last segment ends where it does: not damage, so not a warning.
+const RECYCLED_END: &str = "end of a recycled segment";
+
 /// Cuts the last segment at `off`, or reports corruption in an earlier one.
 fn torn(dir: &Path, id: u64, is_last: bool, off: u64, why: &str) -> Result<u64, WalError> {
     let name = segment::file_name(id);
@@ -174,7 +200,11 @@ fn torn(dir: &Path, id: u64, is_last: bool, off: u64, why: &str) -> Result<u64, 
             format!("{why} in a sealed segment"),
         ));
     }
-    tracing::warn!(segment = %name, offset = off, reason = why, "wal: cutting torn tail");
+    if why == RECYCLED_END {
+        tracing::info!(segment = %name, offset = off, "wal: cutting a recycled segment's old bytes");
+    } else {
+        tracing::warn!(segment = %name, offset = off, reason = why, "wal: cutting torn tail");
+    }
     segment::truncate(dir, id, off)?;
     Ok(off)
 }

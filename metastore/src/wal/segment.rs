@@ -3,6 +3,10 @@
 //! A segment is `<dir>/<16-digit zero-padded id>.wal`; ids increase by one per roll, so the
 //! name order is the write order. A new segment is created with its header and fsynced,
 //! and the directory is fsynced, before any frame is written to it.
+//!
+//! A dead segment may be kept as a spare, `<id>.wal.spare`, and later recycled into a new
+//! segment: its header is rewritten (flagged recycled) and synced *before* it is renamed,
+//! so a file named as a segment always has the header that tells recovery how to read it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -14,6 +18,7 @@ use super::format::{self, parse_frame_header, FRAME_HEADER_LEN};
 use crate::types::GroupId;
 
 const SUFFIX: &str = ".wal";
+const SPARE_SUFFIX: &str = ".wal.spare";
 
 /// File name of segment `id`.
 pub fn file_name(id: u64) -> String {
@@ -23,6 +28,29 @@ pub fn file_name(id: u64) -> String {
 /// Path of segment `id` in `dir`.
 pub fn path(dir: &Path, id: u64) -> PathBuf {
     dir.join(file_name(id))
+}
+
+/// Path of the spare made from segment `id`.
+pub fn spare_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016}{SPARE_SUFFIX}"))
+}
+
+/// Spare files in `dir`.
+pub fn list_spares(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| WalError::io("read dir", dir, e))?;
+    let mut spares = Vec::new();
+    for item in rd {
+        let item = item.map_err(|e| WalError::io("read dir", dir, e))?;
+        if item
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(SPARE_SUFFIX))
+        {
+            spares.push(item.path());
+        }
+    }
+    spares.sort();
+    Ok(spares)
 }
 
 /// Segment ids in `dir`, ascending. Files that are not segments are skipped with a warning.
@@ -46,20 +74,48 @@ pub fn list(dir: &Path) -> Result<Vec<u64>, WalError> {
 }
 
 /// Creates segment `id` with its header, fsynced along with the directory. Returns the file
-/// opened for appending.
+/// opened for writing just after the header.
 pub fn create(dir: &Path, id: u64) -> Result<File, WalError> {
     let p = path(dir, id);
     let mut f = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(&p)
         .map_err(|e| WalError::io("create segment", &p, e))?;
-    f.write_all(&format::segment_header())
+    f.write_all(&format::segment_header(false))
         .map_err(|e| WalError::io("write segment header", &p, e))?;
     f.sync_all()
         .map_err(|e| WalError::io("fsync segment", &p, e))?;
     sync_dir(dir)?;
     Ok(f)
+}
+
+/// Turns the spare file `spare` into segment `id`: header (flagged recycled) written and
+/// synced, then the rename, then the directory synced. Returns the file opened for
+/// writing just after the header; what follows the header is the old life's bytes.
+pub fn recycle(dir: &Path, spare: &Path, id: u64) -> Result<File, WalError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(spare)
+        .map_err(|e| WalError::io("open spare segment", spare, e))?;
+    f.write_all_at(&format::segment_header(true), 0)
+        .map_err(|e| WalError::io("write segment header", spare, e))?;
+    f.sync_data()
+        .map_err(|e| WalError::io("fsync segment", spare, e))?;
+    let p = path(dir, id);
+    std::fs::rename(spare, &p).map_err(|e| WalError::io("rename spare segment", &p, e))?;
+    sync_dir(dir)?;
+    f.seek(SeekFrom::Start(format::SEGMENT_HEADER_LEN))
+        .map_err(|e| WalError::io("seek segment", &p, e))?;
+    Ok(f)
+}
+
+/// Reads and checks the header of an open segment file.
+pub fn read_header(f: &File, id: u64) -> Result<format::SegmentHeader, WalError> {
+    let mut h = [0u8; format::SEGMENT_HEADER_LEN as usize];
+    f.read_exact_at(&mut h, 0)
+        .map_err(|e| WalError::io("read segment header", file_name(id), e))?;
+    format::check_segment_header(&h).map_err(|m| WalError::corrupt(&file_name(id), 0, m))
 }
 
 /// Rewrites the header of a segment whose header write was torn (file shorter than it).
@@ -71,17 +127,18 @@ pub fn rewrite_header(dir: &Path, id: u64) -> Result<(), WalError> {
         .map_err(|e| WalError::io("open segment", &p, e))?;
     f.set_len(0)
         .map_err(|e| WalError::io("truncate segment", &p, e))?;
-    f.write_all_at(&format::segment_header(), 0)
+    f.write_all_at(&format::segment_header(false), 0)
         .map_err(|e| WalError::io("write segment header", &p, e))?;
     f.sync_all()
         .map_err(|e| WalError::io("fsync segment", &p, e))
 }
 
-/// Opens an existing segment for appending at its end.
-pub fn open_append(dir: &Path, id: u64) -> Result<File, WalError> {
+/// Opens an existing segment for writing at its end (recovery has cut it to its last
+/// valid frame).
+pub fn open_at_end(dir: &Path, id: u64) -> Result<File, WalError> {
     let p = path(dir, id);
     let mut f = OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&p)
         .map_err(|e| WalError::io("open segment", &p, e))?;
     f.seek(SeekFrom::End(0))
@@ -124,11 +181,12 @@ pub fn rest_is_zero(f: &File, from: u64, end: u64) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Reads and CRC-checks the frame at `offset` of length `frame_len` (header included), and
-/// decodes it. Errors name the segment and offset.
+/// Reads and CRC-checks (with the segment's `salt`) the frame at `offset` of length
+/// `frame_len` (header included), and decodes it. Errors name the segment and offset.
 pub fn read_frame(
     f: &File,
     segment: u64,
+    salt: u32,
     offset: u64,
     frame_len: u64,
 ) -> Result<(GroupId, format::Record), WalError> {
@@ -154,7 +212,7 @@ pub fn read_frame(
             "frame length changed on disk",
         ));
     }
-    if crc32fast::hash(payload) != crc {
+    if !format::crc_matches(payload, crc, salt) {
         return Err(WalError::corrupt(&name, offset, "crc mismatch"));
     }
     format::decode_payload(payload).map_err(|e| WalError::corrupt(&name, offset, e.to_string()))

@@ -48,6 +48,8 @@ pub(crate) struct State {
     /// Segment id -> placed length (header included).
     pub segments: BTreeMap<u64, u64>,
     pub active: u64,
+    /// XORed into the crc of every frame placed in the active segment (see `format`).
+    active_salt: u32,
     /// Frames placed in the active segment besides its checkpoint; a segment rolls only
     /// when it holds at least one, so a tiny `segment_bytes` cannot loop.
     pub active_frames: u64,
@@ -65,6 +67,7 @@ impl State {
         groups: HashMap<GroupId, GroupState>,
         segments: BTreeMap<u64, u64>,
         pos: u64,
+        active_salt: u32,
         segment_bytes: u64,
         tx: Sender<Job>,
     ) -> Self {
@@ -76,6 +79,7 @@ impl State {
             groups,
             segments,
             active,
+            active_salt,
             active_frames: u64::from(active_len > SEGMENT_HEADER_LEN),
             pos,
             segment_bytes,
@@ -97,12 +101,13 @@ impl State {
     ) -> Result<Vec<Placed>, WalError> {
         let mut placed = Vec::with_capacity(frames.len());
         let mut parts = Vec::with_capacity(frames.len() * 2);
-        for frame in frames {
+        for mut frame in frames {
             let len = frame.len() as u64;
             if self.active_frames > 0 && self.active_len() + len > self.segment_bytes {
                 self.send(mem::take(&mut parts), None, None)?;
                 self.roll()?;
             }
+            format::salt_frame(&mut frame.head, self.active_salt);
             placed.push(Placed {
                 segment: self.active,
                 offset: self.active_len(),
@@ -158,18 +163,21 @@ impl State {
     /// Starts the next segment with a checkpoint of every group's non-entry state.
     fn roll(&mut self) -> Result<(), WalError> {
         self.active += 1;
+        self.active_salt = format::salt_for(self.active);
         self.active_frames = 0;
         self.segments.insert(self.active, SEGMENT_HEADER_LEN);
         self.pos += SEGMENT_HEADER_LEN;
         let mut checkpoint = Vec::new();
         for (group, state) in &self.groups {
             for record in state.checkpoint() {
+                let start = checkpoint.len();
                 format::encode_frame(*group, &record, &mut checkpoint).map_err(|reason| {
                     WalError::Encode {
                         group: *group,
                         reason,
                     }
                 })?;
+                format::salt_frame(&mut checkpoint[start..], self.active_salt);
             }
         }
         self.advance(checkpoint.len() as u64);

@@ -88,9 +88,22 @@ pub(crate) enum Job {
     /// Make everything written so far durable, then delete these (sealed) segments.
     Delete {
         segments: Vec<u64>,
+        /// Read handles of those segments that were open; one still shared with an
+        /// in-flight read keeps its file from being recycled under that read.
+        readers: Vec<Arc<SegmentReader>>,
         done: Option<Completion>,
     },
 }
+
+/// An open read handle of a segment file and the crc salt of its frames.
+pub(crate) struct SegmentReader {
+    pub segment: u64,
+    pub file: File,
+    pub salt: u32,
+}
+
+/// Dead segments kept to be recycled into new ones (each up to a segment's size on disk).
+pub const MAX_SPARES: usize = 2;
 
 /// Counters and flags shared between the writer and WAL handles.
 #[derive(Debug, Default)]
@@ -113,6 +126,8 @@ pub(crate) struct Writer {
     pub shared: Arc<WriterShared>,
     /// Bytes written since the segment's pages were last dropped from the page cache.
     pub undropped_bytes: u64,
+    /// Dead segment files waiting to be recycled, at most [`MAX_SPARES`].
+    pub spares: Vec<PathBuf>,
 }
 
 impl Writer {
@@ -214,6 +229,7 @@ impl Writer {
                 } => {
                     if segment != self.segment && self.failed().is_none() {
                         wrote |= self.flush(&mut bufs, &mut end_pos);
+                        self.cut_old_bytes();
                         self.sync(unsynced);
                         self.roll(segment);
                     }
@@ -222,10 +238,14 @@ impl Writer {
                     unsynced.extend(done);
                     permits.extend(permit);
                 }
-                Job::Delete { segments, done } => {
+                Job::Delete {
+                    segments,
+                    readers,
+                    done,
+                } => {
                     wrote |= self.flush(&mut bufs, &mut end_pos);
                     self.sync(unsynced);
-                    self.delete(&segments);
+                    self.delete(&segments, readers);
                     // Deleting is best effort; the caller only needs its record durable.
                     unsynced.extend(done);
                     self.complete(unsynced);
@@ -307,9 +327,34 @@ impl Writer {
         }
     }
 
-    /// Switches to segment `next` (the previous one is already fsynced by the caller).
+    /// Before a recycled segment is sealed: cuts the bytes of its earlier life that follow
+    /// its last frame, durably, so that a sealed segment ends at its last frame.
+    fn cut_old_bytes(&mut self) {
+        let (Ok(end), Ok(meta)) = ((&self.file).stream_position(), self.file.metadata()) else {
+            self.fail(format!("stat segment {}", self.segment));
+            return;
+        };
+        if meta.len() <= end {
+            return;
+        }
+        if let Err(e) = self.file.set_len(end).and_then(|()| self.file.sync_all()) {
+            let p = segment::path(&self.dir, self.segment);
+            self.fail(format!("cut recycled segment {}: {e}", p.display()));
+        }
+    }
+
+    /// Switches to segment `next` (the previous one is already fsynced by the caller),
+    /// recycling a spare file when there is one.
     fn roll(&mut self, next: u64) {
-        match segment::create(&self.dir, next) {
+        let file = match self.spares.pop() {
+            Some(spare) => segment::recycle(&self.dir, &spare, next).or_else(|e| {
+                tracing::warn!(error = %e, "wal: could not recycle a spare; creating a new segment");
+                let _ = std::fs::remove_file(&spare);
+                segment::create(&self.dir, next)
+            }),
+            None => segment::create(&self.dir, next),
+        };
+        match file {
             Ok(f) => {
                 self.file = f;
                 self.segment = next;
@@ -318,12 +363,28 @@ impl Writer {
         }
     }
 
-    fn delete(&mut self, segments: &[u64]) {
+    /// Deletes dead segments, keeping up to [`MAX_SPARES`] of them as spares.
+    fn delete(&mut self, segments: &[u64], readers: Vec<Arc<SegmentReader>>) {
         if self.failed().is_some() {
             return;
         }
         for id in segments {
             let p = segment::path(&self.dir, *id);
+            let in_use = readers
+                .iter()
+                .any(|r| r.segment == *id && Arc::strong_count(r) > 1);
+            if self.spares.len() < MAX_SPARES && !in_use {
+                let spare = segment::spare_path(&self.dir, *id);
+                match std::fs::rename(&p, &spare) {
+                    Ok(()) => {
+                        self.spares.push(spare);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), error = %e, "wal: could not keep a spare");
+                    }
+                }
+            }
             if let Err(e) = std::fs::remove_file(&p) {
                 // Not fatal: a leftover sealed segment only costs space and replay time.
                 tracing::warn!(path = %p.display(), error = %e, "wal: could not delete segment");

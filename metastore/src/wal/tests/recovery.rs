@@ -354,3 +354,108 @@ async fn unawaited_record_rides_with_the_next_fsync() {
     assert_eq!(s.read_committed().await.expect("read"), Some(log_id(1, 2)));
     assert_eq!(indexes(&wal, 0).await, vec![1, 2, 3]);
 }
+
+fn spares(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter(|e| {
+            let name = e.as_ref().expect("dir entry").file_name();
+            name.to_string_lossy().ends_with(".wal.spare")
+        })
+        .count()
+}
+
+fn is_recycled(segment: &Path) -> bool {
+    std::fs::read(segment).expect("read")[9] & 1 == 1
+}
+
+/// A WAL whose dead segments became spares and whose last two segments were recycled from
+/// them, holding group 3's entries 36..=`last` after a purge up to 35. The spares were
+/// 300-byte segments and are reused as 150-byte ones, so both recycled segments had old
+/// bytes after their last frame. Returns the dir guard and `last`.
+async fn recycled_tail() -> (tempfile::TempDir, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = open(dir.path(), 300);
+        append_range(&wal, 3, 1, 1..=40).await;
+        let mut s = wal.log_store(3);
+        s.purge(log_id(1, 35)).await.expect("purge");
+    }
+    assert_eq!(spares(dir.path()), crate::wal::writer::MAX_SPARES);
+    // Roll into both spares (kept across the reopen), so that one recycled segment is
+    // sealed and one is last.
+    let wal = open(dir.path(), 150);
+    let mut last = 40;
+    while spares(dir.path()) > 0 {
+        last += 1;
+        append_range(&wal, 3, 1, last..=last).await;
+    }
+    let segs = segments(dir.path());
+    let n = segs.len();
+    assert!(is_recycled(&segs[n - 1]) && is_recycled(&segs[n - 2]));
+    (dir, last)
+}
+
+#[tokio::test]
+async fn dead_segments_are_recycled_and_their_old_bytes_cut() {
+    let (dir, last) = recycled_tail().await;
+    let segs = segments(dir.path());
+    let tail = segs.last().expect("a segment").clone();
+    let before = file_len(&tail);
+    // The sealed recycled segment ends at its last frame (opening checks it strictly),
+    // and the old bytes after the last one's last frame are cut, not read as frames.
+    let wal = open(dir.path(), 300);
+    assert!(file_len(&tail) < before, "old bytes were cut");
+    assert_eq!(indexes(&wal, 3).await, (36..=last).collect::<Vec<_>>());
+    // Writing goes on where the log ended, into more spares as segments die.
+    append_range(&wal, 3, 1, last + 1..=last + 20).await;
+    wal.log_store(3)
+        .purge(log_id(1, last + 10))
+        .await
+        .expect("purge");
+    append_range(&wal, 3, 1, last + 21..=last + 40).await;
+    drop(wal);
+    let wal = open(dir.path(), 300);
+    assert_eq!(
+        indexes(&wal, 3).await,
+        (last + 11..=last + 40).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn torn_write_in_a_recycled_segment_ends_the_log() {
+    let (dir, last) = recycled_tail().await;
+    let tail = segments(dir.path()).pop().expect("a segment");
+    // A crash mid-write can leave any mix of new and old pages: damage the last frame.
+    let mut bytes = std::fs::read(&tail).expect("read");
+    let wal = open(dir.path(), 300);
+    let end = file_len(&tail) as usize;
+    drop(wal);
+    bytes[end - 1] ^= 0xff;
+    std::fs::write(&tail, &bytes).expect("write");
+    let wal = open(dir.path(), 300);
+    assert_eq!(indexes(&wal, 3).await, (36..last).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn version_1_segments_are_still_read() {
+    let (dir, seg, _, _) = five_entries().await;
+    // Rewrite the segment as version 1 wrote it: no flags, crcs without a salt.
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[8] = 1;
+    let salt = crate::wal::format::salt_for(0);
+    let mut off = 16;
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
+        crate::wal::format::salt_frame(&mut bytes[off..], salt);
+        off += 8 + len;
+    }
+    std::fs::write(&seg, &bytes).expect("write");
+    {
+        let wal = open(dir.path(), 64 << 20);
+        assert_eq!(indexes(&wal, 0).await, vec![1, 2, 3, 4, 5]);
+        // Appends to a version 1 segment stay unsalted, so the segment stays readable.
+        append_range(&wal, 0, 1, 6..=7).await;
+    }
+    assert_reopens_with(dir.path(), &[1, 2, 3, 4, 5, 6, 7]).await;
+}
