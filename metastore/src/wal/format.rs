@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! segment := header frame*
-//! header  := "CHRNKWAL" version:u8 flags:u8 zero-padding[6]        (16 bytes)
+//! header  := "CHRNKWAL" version:u8 flags:u8 zero[2] nonce:u32le    (16 bytes)
 //!            flags bit 0: recycled (the file held an earlier segment; see below)
 //! frame   := payload_len:u32le crc:u32le payload
-//!            crc = crc32fast(payload) XOR salt(segment id)   (version 1: no salt, no flags)
+//!            crc = crc32fast(payload) XOR salt(segment id, nonce)
+//!            (version 1: header "CHRNKWAL" 1 zero[7], and no salt)
 //! payload := group:u64le kind:u8 body
 //! body    := entry | vote | committed | truncate | purge | drop_group
 //!   entry      (1) := term:u64 leader_node:u64 index:u64 type:u8 data
@@ -22,9 +23,11 @@
 //!
 //! The salt ties a frame to its segment. Segment files are recycled (a dead segment is
 //! renamed to the next id and overwritten in place, because an fdatasync that needs no
-//! metadata change takes about half as long as one after an append), so after the last frame
-//! written in a recycled file come frames of its earlier life. Their crcs carry the old
-//! id's salt and fail the check, which is how recovery finds the end.
+//! metadata change takes about half as long as one after an append), so after the last
+//! frame written in a recycled file come frames of its earlier life. Their crcs carry the
+//! old life's salt and fail the check, which is how recovery finds the end. The nonce is
+//! random per WAL instance, so nobody can craft bytes (say, a produced record value that
+//! looks like a frame) that pass the check in a segment not yet written.
 //!
 //! Decoding never panics on any input: every read is bounds-checked and reports what was
 //! missing, and a record must consume its payload exactly.
@@ -92,6 +95,7 @@ pub struct SegmentHeader {
     pub version: u8,
     /// The file held an earlier segment, whose frames may follow this one's last frame.
     pub recycled: bool,
+    pub nonce: u32,
 }
 
 impl SegmentHeader {
@@ -100,29 +104,39 @@ impl SegmentHeader {
         if self.version < 2 {
             return 0;
         }
-        // A bijection of the id's low 32 bits (xor, then multiply by an odd constant):
-        // segments fewer than 2^32 ids apart never share a salt.
-        ((id as u32) ^ 0xA5A5_A5A5).wrapping_mul(0x9E37_79B1)
+        salt(id, self.nonce)
     }
 }
 
-/// The salt of segment `id` as this version writes it.
-pub fn salt_for(id: u64) -> u32 {
-    SegmentHeader {
-        version: FORMAT_VERSION,
-        recycled: false,
-    }
-    .salt(id)
+/// The salt of segment `id` with `nonce`. For one nonce it is a bijection of the id's low
+/// 32 bits (xor, then multiply by an odd constant): segments fewer than 2^32 ids apart
+/// never share a salt.
+pub fn salt(id: u64, nonce: u32) -> u32 {
+    ((id as u32) ^ 0xA5A5_A5A5).wrapping_mul(0x9E37_79B1) ^ nonce
+}
+
+/// A random nonce for the segments a WAL instance creates.
+pub fn random_nonce() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness once per process and differs per
+    // instance; the clock only adds to it.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.finish() as u32
 }
 
 /// The 16-byte segment header of this version.
-pub fn segment_header(recycled: bool) -> [u8; SEGMENT_HEADER_LEN as usize] {
+pub fn segment_header(recycled: bool, nonce: u32) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[..8].copy_from_slice(SEGMENT_MAGIC);
     h[8] = FORMAT_VERSION;
     if recycled {
         h[9] = FLAG_RECYCLED;
     }
+    h[12..16].copy_from_slice(&nonce.to_le_bytes());
     h
 }
 
@@ -154,10 +168,12 @@ pub fn check_segment_header(h: &[u8]) -> Result<SegmentHeader, String> {
         1 => Ok(SegmentHeader {
             version: 1,
             recycled: false,
+            nonce: 0,
         }),
         FORMAT_VERSION if h[9] & !FLAG_RECYCLED == 0 => Ok(SegmentHeader {
             version: FORMAT_VERSION,
             recycled: h[9] & FLAG_RECYCLED != 0,
+            nonce: u32::from_le_bytes([h[12], h[13], h[14], h[15]]),
         }),
         FORMAT_VERSION => Err(format!("unknown segment flags {:#04x}", h[9])),
         v => Err(format!(
@@ -453,18 +469,21 @@ mod tests {
         // The crc value itself is pinned too, so a change of checksum algorithm is caught.
         assert_eq!(&out[..8], &[36, 0, 0, 0, 0x1e, 0xee, 0x23, 0x3c]);
         assert_eq!(
-            segment_header(false),
-            [b'C', b'H', b'R', b'N', b'K', b'W', b'A', b'L', 2, 0, 0, 0, 0, 0, 0, 0]
+            segment_header(false, 0x0403_0201),
+            [b'C', b'H', b'R', b'N', b'K', b'W', b'A', b'L', 2, 0, 0, 0, 1, 2, 3, 4]
         );
         assert_eq!(
-            segment_header(true),
+            segment_header(true, 0),
             [b'C', b'H', b'R', b'N', b'K', b'W', b'A', b'L', 2, 1, 0, 0, 0, 0, 0, 0]
         );
         // Salts are pinned: frames written by one build must check out in the next.
-        let v2 = check_segment_header(&segment_header(false)).expect("v2 header");
+        let v2 = check_segment_header(&segment_header(false, 0)).expect("v2 header");
         assert_eq!(v2.salt(0), 0x3f45_8415);
         assert_eq!(v2.salt(1), 0xa10e_0a64);
-        let mut v1 = segment_header(false);
+        let nonced = check_segment_header(&segment_header(true, 0xff)).expect("v2 header");
+        assert_eq!((nonced.salt(1), nonced.recycled), (0xa10e_0a9b, true));
+        assert_ne!(random_nonce(), random_nonce());
+        let mut v1 = segment_header(false, 0);
         v1[8] = 1;
         let v1 = check_segment_header(&v1).expect("v1 header");
         assert_eq!((v1.salt(5), v1.recycled), (0, false));

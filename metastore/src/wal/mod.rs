@@ -119,7 +119,8 @@ impl Wal {
     pub fn open(config: WalConfig) -> Result<Wal, WalError> {
         let dir = config.dir;
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create dir", &dir, e))?;
-        let rec = recovery::recover(&dir)?;
+        let nonce = format::random_nonce();
+        let rec = recovery::recover(&dir, nonce)?;
         let active = rec.segments.keys().next_back().copied().unwrap_or(0);
         let file = segment::open_at_end(&dir, active)?;
         let mut spares = segment::list_spares(&dir)?;
@@ -140,6 +141,7 @@ impl Wal {
             shared: io.clone(),
             undropped_bytes: 0,
             spares,
+            nonce,
         };
         let handle = std::thread::Builder::new()
             .name("chronik-wal".to_string())
@@ -156,6 +158,7 @@ impl Wal {
             rec.segments,
             rec.end_pos,
             rec.last_salt,
+            nonce,
             config.segment_bytes,
             tx,
         );

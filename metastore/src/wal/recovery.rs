@@ -10,7 +10,9 @@
 //! A recycled last segment is the exception: after its last frame come the frames of the
 //! file's earlier life (their crcs carry another segment's salt), and a torn write there
 //! may leave any mix of new and old pages. So in it the first frame that does not check
-//! out is the end of the log, as in the recycled-file WAL modes of PostgreSQL and RocksDB.
+//! out is the end of the log, as in the recycled-file WAL modes of PostgreSQL and RocksDB,
+//! unless the frame right after it checks out with this segment's salt: then the bad frame
+//! is damage inside the log, and recovery stops with an error.
 //! A recycled segment is cut to its end before the next one is created, so once sealed it
 //! is checked as strictly as any other.
 
@@ -40,19 +42,20 @@ pub(crate) struct Recovered {
 }
 
 /// Scans `dir` (which must exist), cutting a torn tail off the last segment.
-pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
+/// Segments it creates (a first one, or a rewritten header) get `nonce`.
+pub(crate) fn recover(dir: &Path, nonce: u32) -> Result<Recovered, WalError> {
     let ids = segment::list(dir)?;
     let mut rec = Recovered::default();
     if ids.is_empty() {
-        drop(segment::create(dir, 0)?);
+        drop(segment::create(dir, 0, nonce)?);
         rec.segments.insert(0, SEGMENT_HEADER_LEN);
         rec.end_pos = SEGMENT_HEADER_LEN;
-        rec.last_salt = format::salt_for(0);
+        rec.last_salt = format::salt(0, nonce);
         return Ok(rec);
     }
     let last = ids.len() - 1;
     for (i, id) in ids.iter().copied().enumerate() {
-        let (len, salt) = scan_segment(dir, id, i == last, rec.end_pos, &mut rec.groups)?;
+        let (len, salt) = scan_segment(dir, id, i == last, rec.end_pos, nonce, &mut rec.groups)?;
         rec.segments.insert(id, len);
         rec.end_pos += len;
         rec.last_salt = salt;
@@ -66,6 +69,7 @@ fn scan_segment(
     id: u64,
     is_last: bool,
     base_pos: u64,
+    nonce: u32,
     groups: &mut HashMap<GroupId, GroupState>,
 ) -> Result<(u64, u32), WalError> {
     let path = segment::path(dir, id);
@@ -86,8 +90,8 @@ fn scan_segment(
             ));
         }
         tracing::warn!(segment = %name, len = file_len, "wal: rewriting torn segment header");
-        segment::rewrite_header(dir, id)?;
-        return Ok((SEGMENT_HEADER_LEN, format::salt_for(id)));
+        segment::rewrite_header(dir, id, nonce)?;
+        return Ok((SEGMENT_HEADER_LEN, format::salt(id, nonce)));
     }
     let mut r = BufReader::with_capacity(1 << 20, &file);
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
@@ -138,6 +142,15 @@ fn scan_segment(
         r.read_exact(&mut payload).map_err(io)?;
         if !format::crc_matches(&payload, crc, salt) {
             if ends_at_first_bad_frame {
+                // Old-life frames never pass with this segment's salt, so a frame that
+                // does, right after the bad one, means damage inside the log, not its end.
+                if segment::frame_passes(&file, off + frame_len, file_len, salt).map_err(io)? {
+                    return Err(WalError::corrupt(
+                        &name,
+                        off,
+                        "crc mismatch before a valid frame of this recycled segment",
+                    ));
+                }
                 return cut(off, RECYCLED_END);
             }
             let end = off + frame_len;

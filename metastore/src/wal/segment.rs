@@ -75,14 +75,14 @@ pub fn list(dir: &Path) -> Result<Vec<u64>, WalError> {
 
 /// Creates segment `id` with its header, fsynced along with the directory. Returns the file
 /// opened for writing just after the header.
-pub fn create(dir: &Path, id: u64) -> Result<File, WalError> {
+pub fn create(dir: &Path, id: u64, nonce: u32) -> Result<File, WalError> {
     let p = path(dir, id);
     let mut f = OpenOptions::new()
         .create_new(true)
         .write(true)
         .open(&p)
         .map_err(|e| WalError::io("create segment", &p, e))?;
-    f.write_all(&format::segment_header(false))
+    f.write_all(&format::segment_header(false, nonce))
         .map_err(|e| WalError::io("write segment header", &p, e))?;
     f.sync_all()
         .map_err(|e| WalError::io("fsync segment", &p, e))?;
@@ -93,12 +93,16 @@ pub fn create(dir: &Path, id: u64) -> Result<File, WalError> {
 /// Turns the spare file `spare` into segment `id`: header (flagged recycled) written and
 /// synced, then the rename, then the directory synced. Returns the file opened for
 /// writing just after the header; what follows the header is the old life's bytes.
-pub fn recycle(dir: &Path, spare: &Path, id: u64) -> Result<File, WalError> {
+pub fn recycle(dir: &Path, spare: &Path, id: u64, nonce: u32) -> Result<File, WalError> {
+    // The spare's own name must be durable before its header changes: were the directory
+    // still to hold it under its dead segment's name after a crash, that segment's frames
+    // would no longer match its header.
+    sync_dir(dir)?;
     let mut f = OpenOptions::new()
         .write(true)
         .open(spare)
         .map_err(|e| WalError::io("open spare segment", spare, e))?;
-    f.write_all_at(&format::segment_header(true), 0)
+    f.write_all_at(&format::segment_header(true, nonce), 0)
         .map_err(|e| WalError::io("write segment header", spare, e))?;
     f.sync_data()
         .map_err(|e| WalError::io("fsync segment", spare, e))?;
@@ -119,7 +123,7 @@ pub fn read_header(f: &File, id: u64) -> Result<format::SegmentHeader, WalError>
 }
 
 /// Rewrites the header of a segment whose header write was torn (file shorter than it).
-pub fn rewrite_header(dir: &Path, id: u64) -> Result<(), WalError> {
+pub fn rewrite_header(dir: &Path, id: u64, nonce: u32) -> Result<(), WalError> {
     let p = path(dir, id);
     let f = OpenOptions::new()
         .write(true)
@@ -127,7 +131,7 @@ pub fn rewrite_header(dir: &Path, id: u64) -> Result<(), WalError> {
         .map_err(|e| WalError::io("open segment", &p, e))?;
     f.set_len(0)
         .map_err(|e| WalError::io("truncate segment", &p, e))?;
-    f.write_all_at(&format::segment_header(false), 0)
+    f.write_all_at(&format::segment_header(false, nonce), 0)
         .map_err(|e| WalError::io("write segment header", &p, e))?;
     f.sync_all()
         .map_err(|e| WalError::io("fsync segment", &p, e))
@@ -179,6 +183,22 @@ pub fn rest_is_zero(f: &File, from: u64, end: u64) -> std::io::Result<bool> {
         at += n as u64;
     }
     Ok(true)
+}
+
+/// Whether a whole frame that checks out with `salt` starts at `at` (before `end`).
+pub fn frame_passes(f: &File, at: u64, end: u64, salt: u32) -> std::io::Result<bool> {
+    if at + FRAME_HEADER_LEN > end {
+        return Ok(false);
+    }
+    let mut h = [0u8; FRAME_HEADER_LEN as usize];
+    f.read_exact_at(&mut h, at)?;
+    let (len, crc) = parse_frame_header(h);
+    if len == 0 || len > format::MAX_PAYLOAD_BYTES || at + FRAME_HEADER_LEN + u64::from(len) > end {
+        return Ok(false);
+    }
+    let mut payload = vec![0u8; len as usize];
+    f.read_exact_at(&mut payload, at + FRAME_HEADER_LEN)?;
+    Ok(format::crc_matches(&payload, crc, salt))
 }
 
 /// Reads and CRC-checks (with the segment's `salt`) the frame at `offset` of length

@@ -50,6 +50,8 @@ pub(crate) struct State {
     pub active: u64,
     /// XORed into the crc of every frame placed in the active segment (see `format`).
     active_salt: u32,
+    /// The nonce of the segments this instance creates.
+    nonce: u32,
     /// Frames placed in the active segment besides its checkpoint; a segment rolls only
     /// when it holds at least one, so a tiny `segment_bytes` cannot loop.
     pub active_frames: u64,
@@ -68,6 +70,7 @@ impl State {
         segments: BTreeMap<u64, u64>,
         pos: u64,
         active_salt: u32,
+        nonce: u32,
         segment_bytes: u64,
         tx: Sender<Job>,
     ) -> Self {
@@ -80,6 +83,7 @@ impl State {
             segments,
             active,
             active_salt,
+            nonce,
             active_frames: u64::from(active_len > SEGMENT_HEADER_LEN),
             pos,
             segment_bytes,
@@ -163,7 +167,7 @@ impl State {
     /// Starts the next segment with a checkpoint of every group's non-entry state.
     fn roll(&mut self) -> Result<(), WalError> {
         self.active += 1;
-        self.active_salt = format::salt_for(self.active);
+        self.active_salt = format::salt(self.active, self.nonce);
         self.active_frames = 0;
         self.segments.insert(self.active, SEGMENT_HEADER_LEN);
         self.pos += SEGMENT_HEADER_LEN;

@@ -128,6 +128,8 @@ pub(crate) struct Writer {
     pub undropped_bytes: u64,
     /// Dead segment files waiting to be recycled, at most [`MAX_SPARES`].
     pub spares: Vec<PathBuf>,
+    /// The nonce of the segments this instance creates (see `format`).
+    pub nonce: u32,
 }
 
 impl Writer {
@@ -229,9 +231,14 @@ impl Writer {
                 } => {
                     if segment != self.segment && self.failed().is_none() {
                         wrote |= self.flush(&mut bufs, &mut end_pos);
-                        self.cut_old_bytes();
+                        // A failed write may have left a partial frame: never seal it.
+                        if self.failed().is_none() {
+                            self.cut_old_bytes();
+                        }
                         self.sync(unsynced);
-                        self.roll(segment);
+                        if self.failed().is_none() {
+                            self.roll(segment);
+                        }
                     }
                     bufs.extend(parts);
                     end_pos = Some(job_end);
@@ -347,12 +354,16 @@ impl Writer {
     /// recycling a spare file when there is one.
     fn roll(&mut self, next: u64) {
         let file = match self.spares.pop() {
-            Some(spare) => segment::recycle(&self.dir, &spare, next).or_else(|e| {
+            Some(spare) => segment::recycle(&self.dir, &spare, next, self.nonce).or_else(|e| {
+                if segment::path(&self.dir, next).exists() {
+                    // The rename happened: the segment exists but is not known durable.
+                    return Err(e);
+                }
                 tracing::warn!(error = %e, "wal: could not recycle a spare; creating a new segment");
                 let _ = std::fs::remove_file(&spare);
-                segment::create(&self.dir, next)
+                segment::create(&self.dir, next, self.nonce)
             }),
-            None => segment::create(&self.dir, next),
+            None => segment::create(&self.dir, next, self.nonce),
         };
         match file {
             Ok(f) => {

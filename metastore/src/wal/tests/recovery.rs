@@ -442,8 +442,11 @@ async fn version_1_segments_are_still_read() {
     let (dir, seg, _, _) = five_entries().await;
     // Rewrite the segment as version 1 wrote it: no flags, crcs without a salt.
     let mut bytes = std::fs::read(&seg).expect("read");
+    let salt = crate::wal::format::check_segment_header(&bytes[..16])
+        .expect("v2 header")
+        .salt(0);
     bytes[8] = 1;
-    let salt = crate::wal::format::salt_for(0);
+    bytes[9..16].fill(0);
     let mut off = 16;
     while off + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
@@ -458,4 +461,55 @@ async fn version_1_segments_are_still_read() {
         append_range(&wal, 0, 1, 6..=7).await;
     }
     assert_reopens_with(dir.path(), &[1, 2, 3, 4, 5, 6, 7]).await;
+}
+
+/// Group 3 with entries 10..=60 (two-digit indexes, so every entry frame has one size)
+/// in 300-byte segments, purged up to 45 so that dead segments became spares, then
+/// appended one entry at a time from 61 until a roll took a spare. The last segment is
+/// then a recycled file whose old life had the same layout (checkpoint, then entry frames
+/// of the same size) and more frames: after the new entries, the old ones line up exactly
+/// on frame boundaries. Returns the dir guard and the last index written.
+async fn aligned_recycled_tail(extra: u64) -> (tempfile::TempDir, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = open(dir.path(), 300);
+    let mut s = wal.log_store(3);
+    append_range(&wal, 3, 1, 10..=14).await;
+    s.purge(log_id(1, 11)).await.expect("purge");
+    append_range(&wal, 3, 1, 15..=60).await;
+    s.purge(log_id(1, 45)).await.expect("purge");
+    assert_eq!(spares(dir.path()), crate::wal::writer::MAX_SPARES);
+    let mut last = 60;
+    while spares(dir.path()) == crate::wal::writer::MAX_SPARES {
+        last += 1;
+        append_range(&wal, 3, 1, last..=last).await;
+    }
+    append_range(&wal, 3, 1, last + 1..=last + extra).await;
+    assert!(is_recycled(&segments(dir.path()).pop().expect("a segment")));
+    (dir, last + extra)
+}
+
+#[tokio::test]
+async fn old_frames_of_a_recycled_segment_are_not_replayed() {
+    let (dir, last) = aligned_recycled_tail(0).await;
+    let wal = open(dir.path(), 300);
+    assert_eq!(indexes(&wal, 3).await, (46..=last).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn damage_inside_a_recycled_segment_fails_open() {
+    let (dir, _) = aligned_recycled_tail(2).await;
+    let tail = segments(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&tail).expect("read");
+    // The new life: header, checkpoint (41 bytes), then three 48-byte entry frames.
+    // Damage the first entry's payload; the two after it still check out.
+    bytes[16 + 41 + 8 + 20] ^= 0x01;
+    std::fs::write(&tail, &bytes).expect("write");
+    let err = Wal::open(WalConfig {
+        dir: dir.path().to_path_buf(),
+        segment_bytes: 300,
+        fsync: FsyncPolicy::Always,
+    })
+    .err()
+    .expect("open must fail");
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
 }
