@@ -2,7 +2,8 @@
 restores), corrupt chunk objects, and corrupt group snapshots.
 
 While the bucket is down, produce keeps working and the tail stays readable; past
-max_untiered_bytes producers get the retriable KAFKA_STORAGE_ERROR; when the bucket is back
+max_untiered_bytes a produce request waits (half its timeout) and then gets the retriable
+KAFKA_STORAGE_ERROR; when the bucket is back
 the tail is tiered and every acked offset is readable, in order. A corrupt chunk fails only
 the fetches of its range; a corrupt newest snapshot makes restore fall back to the previous
 one, and a bucket with only corrupt snapshots makes the node refuse to start.
@@ -168,8 +169,10 @@ def test_produce_survives_a_bucket_outage_and_nothing_is_lost(broker_factory, mo
             n = 0
             while time.monotonic() < deadline:
                 batch_vals = [f"fill-{n}-{i}".encode() + b"x" * 1000 for i in range(20)]
+                sent = time.monotonic()
                 part = kraw.produce(conn, topic, [(0, kraw.record_batch(batch_vals))],
                                     corr=1000 + n)[0]
+                waited = time.monotonic() - sent
                 n += 1
                 codes.append(part.error)
                 if part.error == 0:
@@ -183,6 +186,8 @@ def test_produce_survives_a_bucket_outage_and_nothing_is_lost(broker_factory, mo
                     time.sleep(0.05)  # the refusal starts once the tiering loop has counted
         assert codes and codes[-1] == KAFKA_STORAGE_ERROR, \
             f"no KAFKA_STORAGE_ERROR after {len(codes)} produces ({sum(c == 0 for c in codes)} ok)"
+        # The refused request first waited half its 10 s timeout for tiering to catch up.
+        assert waited >= 4.5, f"refused after only {waited:.2f} s"
         untiered = metric(broker, "chronik_tiering_untiered_bytes")
         assert untiered < limit * 2, f"untiered data grew to {untiered} bytes"
         broker.assert_healthy()

@@ -48,7 +48,7 @@ impl Broker {
                     ),
                     (Err(e), _) => Pending::Done(*e, None),
                     (Ok(max_bytes), _) => {
-                        self.propose_batch(&name, p.index, p.records, *max_bytes, version)
+                        self.propose_batch(&name, p.index, p.records, *max_bytes, version, timeout)
                             .await
                     }
                 };
@@ -133,6 +133,7 @@ impl Broker {
         records: Option<bytes::Bytes>,
         max_message_bytes: usize,
         version: i16,
+        timeout: Duration,
     ) -> Pending {
         let Some(partition) = self.partitions.get(topic, index) else {
             return Pending::Done(code::UNKNOWN_TOPIC_OR_PARTITION, None);
@@ -144,9 +145,11 @@ impl Broker {
             return Pending::Done(code::INVALID_RECORD, Some("no records".into()));
         };
         self.metrics.add_bytes_in(records.len() as u64);
-        if self.tier.over_limit() {
+        if !self.tier.wait_within_limit(timeout / 2).await {
             // The bucket is behind (slow or unreachable): refuse rather than let untiered
-            // data grow without bound. Clients retry KAFKA_STORAGE_ERROR.
+            // data grow without bound. Clients retry KAFKA_STORAGE_ERROR. Until then the
+            // request waits (and its connection reads nothing more), so a producer that is
+            // merely ahead of tiering is slowed down instead of resending its batches.
             return Pending::Done(
                 code::KAFKA_STORAGE_ERROR,
                 Some("untiered data is over max_untiered_bytes: the bucket is behind".into()),

@@ -194,6 +194,19 @@ impl Tier {
         self.stats.untiered_bytes.load(Ordering::Relaxed) > self.config.max_untiered_bytes
     }
 
+    /// Waits up to `patience` for the node's untiered bytes to be within
+    /// `max_untiered_bytes`; false if they are still over it then.
+    pub async fn wait_within_limit(&self, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.over_limit() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(LIMIT_POLL).await;
+        }
+        true
+    }
+
     /// Starts loading a chunk into the read cache in the background (read-ahead). A load
     /// already under way or cached is shared, not repeated.
     pub fn prefetch(self: &Arc<Self>, chunk: ChunkRef) {
@@ -360,9 +373,20 @@ impl Tier {
         .buffered(UPLOADS_PER_PARTITION);
         let mut tiered = false;
         while let Some(chunk) = uploads.next().await {
-            if !self.commit_chunk(p, chunk?).await? {
+            let (chunk, batch_bytes) = chunk?;
+            if !self.commit_chunk(p, chunk).await? {
                 break;
             }
+            // The node's untiered count is refreshed only when a step ends (or on the
+            // clock), while producers add to it all along: take the shipped bytes off now,
+            // or a long step at full speed would push it past max_untiered_bytes and
+            // refuse producers for no reason.
+            let _ =
+                self.stats
+                    .untiered_bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(batch_bytes))
+                    });
             tiered = true;
         }
         drop(uploads);
@@ -371,15 +395,16 @@ impl Tier {
     }
 
     /// Builds `batches` (consecutive, the oldest of the tail) into one chunk object and
-    /// uploads it.
+    /// uploads it; also answers the batches' bytes.
     async fn upload_chunk(
         &self,
         p: &Arc<Partition>,
         batches: Vec<BatchLocation>,
-    ) -> Result<ChunkRef, String> {
+    ) -> Result<(ChunkRef, u64), String> {
         let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
             return Err("empty chunk".into());
         };
+        let batch_bytes = batches.iter().map(|b| u64::from(b.bytes)).sum();
         let (base_offset, last_offset) = (first.base_offset, last.last_offset);
         let _permit = self
             .uploads
@@ -413,13 +438,14 @@ impl Tier {
             self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
             return Err(format!("upload {key}: {e}"));
         }
-        Ok(ChunkRef {
+        let chunk = ChunkRef {
             key,
             base_offset,
             last_offset,
             max_timestamp,
             size,
-        })
+        };
+        Ok((chunk, batch_bytes))
     }
 
     /// Records an uploaded chunk in the partition manifest (a Raft entry, so every replica
@@ -448,6 +474,9 @@ impl Tier {
         Ok(true)
     }
 }
+
+/// How often a produce request held back by `max_untiered_bytes` looks again.
+const LIMIT_POLL: Duration = Duration::from_millis(5);
 
 /// Chunks of one partition built and uploaded at once by a tiering step.
 const UPLOADS_PER_PARTITION: usize = 4;
