@@ -17,6 +17,8 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
@@ -102,7 +104,9 @@ pub fn decode_snapshot(
 struct Progress {
     last_applied: Option<LogId>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
-    snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
+    /// The latest snapshot, shared (not copied) with the snapshot store that persists it:
+    /// a partition's snapshot holds its untiered tail, which can be large.
+    snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Bytes)>,
     snapshot_seq: u64,
 }
 
@@ -148,14 +152,14 @@ impl<A: ApplyState> StateMachine<A> {
     async fn persist(
         &self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<(), String> {
         let Some((group, store)) = &self.store else {
             return Ok(());
         };
         let stored = StoredSnapshot {
             last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-            data: bytes::Bytes::copy_from_slice(data),
+            data,
         };
         store.save(*group, stored).await
     }
@@ -171,7 +175,7 @@ impl<A: ApplyState> StateMachine<A> {
             state.adopt(app);
             progress.last_applied = meta.last_log_id;
             progress.membership = meta.last_membership.clone();
-            progress.snapshot = Some((meta.clone(), data.to_vec()));
+            progress.snapshot = Some((meta.clone(), Bytes::copy_from_slice(data)));
         }
         A::applied(&self.state);
         Ok(meta.last_log_id)
@@ -217,16 +221,16 @@ impl<A: ApplyState> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
                 last_membership: progress.membership.clone(),
                 snapshot_id,
             };
-            let data = encode_snapshot(&meta, &bytes);
+            let data = Bytes::from(encode_snapshot(&meta, &bytes));
             (meta, data)
         };
-        self.persist(&meta, &data)
+        self.persist(&meta, data.clone())
             .await
             .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
         self.progress.write().snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(data.to_vec())),
         })
     }
 }
@@ -287,10 +291,10 @@ impl<A: ApplyState> RaftStateMachine<TypeConfig> for StateMachine<A> {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let data = Bytes::from(snapshot.into_inner());
         let (_, app_bytes) = decode_snapshot(&data).map_err(|e| sm_error(ErrorVerb::Read, &e))?;
         let app = A::from_snapshot(app_bytes).map_err(|e| sm_error(ErrorVerb::Read, &e))?;
-        self.persist(meta, &data)
+        self.persist(meta, data.clone())
             .await
             .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
         {
@@ -309,7 +313,7 @@ impl<A: ApplyState> RaftStateMachine<TypeConfig> for StateMachine<A> {
         let progress = self.progress.read();
         Ok(progress.snapshot.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
+            snapshot: Box::new(Cursor::new(data.to_vec())),
         }))
     }
 }
