@@ -37,30 +37,19 @@ pub fn spare_path(dir: &Path, id: u64) -> PathBuf {
 
 /// Spare files in `dir`.
 pub fn list_spares(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| WalError::io("read dir", dir, e))?;
-    let mut spares = Vec::new();
-    for item in rd {
-        let item = item.map_err(|e| WalError::io("read dir", dir, e))?;
-        if item
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.ends_with(SPARE_SUFFIX))
-        {
-            spares.push(item.path());
-        }
-    }
+    let mut spares: Vec<PathBuf> = file_names(dir)?
+        .into_iter()
+        .filter(|n| n.ends_with(SPARE_SUFFIX))
+        .map(|n| dir.join(n))
+        .collect();
     spares.sort();
     Ok(spares)
 }
 
 /// Segment ids in `dir`, ascending. Files that are not segments are skipped with a warning.
 pub fn list(dir: &Path) -> Result<Vec<u64>, WalError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| WalError::io("read dir", dir, e))?;
     let mut ids = Vec::new();
-    for item in rd {
-        let item = item.map_err(|e| WalError::io("read dir", dir, e))?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for name in file_names(dir)? {
         let Some(stem) = name.strip_suffix(SUFFIX) else {
             continue;
         };
@@ -71,6 +60,19 @@ pub fn list(dir: &Path) -> Result<Vec<u64>, WalError> {
     }
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// Names (those that are UTF-8) of the entries of `dir`.
+fn file_names(dir: &Path) -> Result<Vec<String>, WalError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| WalError::io("read dir", dir, e))?;
+    let mut names = Vec::new();
+    for item in rd {
+        let item = item.map_err(|e| WalError::io("read dir", dir, e))?;
+        if let Ok(name) = item.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// Creates segment `id` with its header, fsynced along with the directory. Returns the file
