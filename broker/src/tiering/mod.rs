@@ -197,6 +197,9 @@ impl Tier {
     /// Waits up to `patience` for the node's untiered bytes to be within
     /// `max_untiered_bytes`; false if they are still over it then.
     pub async fn wait_within_limit(&self, patience: Duration) -> bool {
+        if !self.over_limit() {
+            return true;
+        }
         let deadline = tokio::time::Instant::now() + patience;
         while self.over_limit() {
             if tokio::time::Instant::now() >= deadline {
