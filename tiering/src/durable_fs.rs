@@ -7,23 +7,28 @@
 //! then its directory entry, before reporting success.
 //!
 //! Overwrite puts (every chunk and snapshot) are written here directly: the payload's
-//! parts go to a staging file with vectored writes, which is synced and renamed into
-//! place. Other puts (create-only, conditional) go to `LocalFileSystem` and are synced
-//! after it returns.
+//! parts go to a staging file with direct I/O (see [`crate::direct_write`]), or with
+//! vectored writes where the filesystem has no direct I/O, which is synced and renamed
+//! into place. Other puts (create-only, conditional) go to `LocalFileSystem` and are
+//! synced after it returns.
 //!
-//! It then drops the object's pages from the page cache. A bucket object is written once
-//! and read rarely (reads go through the broker's own chunk cache), so keeping it cached
-//! only grows the page cache by every byte ingested, which evicts pages that matter and
-//! costs a page allocation per 4 KiB written; dropped pages are reused by the next write.
+//! A bucket object is written once and read rarely (reads go through the broker's own
+//! chunk cache), so it is kept out of the page cache: written around it, or its pages
+//! dropped after the sync. Caching it would only grow the page cache by every byte
+//! ingested, evicting pages that matter, and cost a page allocation per 4 KiB written.
 
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
+
+use crate::direct_write::{DirectWriter, Unsupported};
 use object_store::path::Path;
 use object_store::{
     GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
@@ -35,6 +40,14 @@ use object_store::{
 pub struct DurableFs {
     inner: LocalFileSystem,
     root: PathBuf,
+    direct: Arc<Direct>,
+}
+
+/// Overwrite puts' direct I/O, switched off for good once the filesystem refuses it.
+#[derive(Debug)]
+struct Direct {
+    writer: DirectWriter,
+    enabled: AtomicBool,
 }
 
 impl DurableFs {
@@ -42,7 +55,18 @@ impl DurableFs {
         Ok(DurableFs {
             inner: LocalFileSystem::new_with_prefix(root)?,
             root: root.to_path_buf(),
+            direct: Arc::new(Direct {
+                writer: DirectWriter::default(),
+                enabled: AtomicBool::new(true),
+            }),
         })
+    }
+
+    /// Writes overwrite puts through the page cache, as on a filesystem without direct
+    /// I/O (for tests of that path).
+    pub fn without_direct_io(self) -> DurableFs {
+        self.direct.enabled.store(false, Ordering::Relaxed);
+        self
     }
 }
 
@@ -72,7 +96,7 @@ pub fn drop_cached_pages(f: &File) {
 /// Writes `payload` to `file` as a put with overwrite: into a staging file next to it
 /// (`NAME#DIGITS`, which listings skip, as object_store's own staging files), synced, then
 /// renamed over the target, whose directory is synced in turn.
-fn overwrite(file: &FsPath, payload: &PutPayload) -> std::io::Result<()> {
+fn overwrite(file: &FsPath, payload: &PutPayload, direct: &Direct) -> std::io::Result<()> {
     let dir = file
         .parent()
         .ok_or_else(|| std::io::Error::other("object path has no parent"))?;
@@ -81,12 +105,33 @@ fn overwrite(file: &FsPath, payload: &PutPayload) -> std::io::Result<()> {
     staged.push(format!("#{}", rand::random::<u64>()));
     let staged = PathBuf::from(staged);
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&staged)?;
         let parts: Vec<&[u8]> = payload.iter().map(|b| b.as_ref()).collect();
-        write_all_vectored(&mut f, &parts)?;
+        let written = if direct.enabled.load(Ordering::Relaxed) {
+            match direct.writer.write_new(&staged, &parts)? {
+                Ok(f) => Some(f),
+                Err(Unsupported) => {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        "the bucket's filesystem has no direct I/O; writing through the page cache"
+                    );
+                    direct.enabled.store(false, Ordering::Relaxed);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let f = match written {
+            Some(f) => f,
+            None => {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&staged)?;
+                write_all_vectored(&mut f, &parts)?;
+                f
+            }
+        };
         f.sync_data()?;
         drop_cached_pages(&f);
         std::fs::rename(&staged, file)?;
@@ -169,7 +214,9 @@ impl ObjectStore for DurableFs {
             // The common case (chunks, snapshots) is written here, with vectored writes
             // of the payload's parts (a chunk is many shared slices, not one buffer).
             let file = self.inner.path_to_filesystem(location)?;
-            blocking(move || overwrite(&file, &payload).map_err(|e| sync_error(file, e))).await?;
+            let direct = Arc::clone(&self.direct);
+            blocking(move || overwrite(&file, &payload, &direct).map_err(|e| sync_error(file, e)))
+                .await?;
             let meta = self.inner.head(location).await?;
             return Ok(PutResult {
                 e_tag: meta.e_tag,
@@ -241,9 +288,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn put_then_read_back_and_list() {
+    async fn put_then_read_back_and_list_direct() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = DurableFs::new(dir.path()).expect("open");
+        put_then_read_back_and_list(&dir, DurableFs::new(dir.path()).expect("open")).await;
+    }
+
+    #[tokio::test]
+    async fn put_then_read_back_and_list_buffered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DurableFs::new(dir.path())
+            .expect("open")
+            .without_direct_io();
+        put_then_read_back_and_list(&dir, store).await;
+    }
+
+    async fn put_then_read_back_and_list(dir: &tempfile::TempDir, store: DurableFs) {
         let key = Path::from("a/b/object");
         store
             .put(&key, PutPayload::from_static(b"hello"))

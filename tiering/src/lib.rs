@@ -8,6 +8,7 @@ pub mod cache;
 pub mod chunk;
 pub mod chunk_read;
 pub mod chunk_write;
+mod direct_write;
 pub mod durable_fs;
 pub mod error;
 pub mod failing;
