@@ -124,6 +124,7 @@ pub async fn open_with(
                 dir: config.data_dir.join("wal"),
                 segment_bytes: config.wal_segment_bytes,
                 fsync: config.fsync_policy()?,
+                prepare_spares: true,
             },
             raft: RaftTimings {
                 heartbeat_interval_ms: config.raft_heartbeat_interval_ms,

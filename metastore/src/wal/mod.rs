@@ -27,6 +27,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Seek;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -72,6 +73,9 @@ pub struct WalConfig {
     /// A segment rolls once it would exceed this many bytes.
     pub segment_bytes: u64,
     pub fsync: FsyncPolicy,
+    /// Zero-fill a spare segment in the background when the next roll would otherwise
+    /// start a new file (see `segment::prepare_spare`).
+    pub prepare_spares: bool,
 }
 
 impl WalConfig {
@@ -81,6 +85,7 @@ impl WalConfig {
             dir: dir.into(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             fsync: FsyncPolicy::Always,
+            prepare_spares: true,
         }
     }
 }
@@ -122,7 +127,11 @@ impl Wal {
         let nonce = format::random_nonce();
         let rec = recovery::recover(&dir, nonce)?;
         let active = rec.segments.keys().next_back().copied().unwrap_or(0);
-        let file = segment::open_at_end(&dir, active)?;
+        let mut file = segment::open_at_end(&dir, active)?;
+        let segment_end = file
+            .stream_position()
+            .map_err(|e| WalError::io("seek segment", segment::path(&dir, active), e))?;
+        segment::remove_unfinished_spare(&dir)?;
         let mut spares = segment::list_spares(&dir)?;
         for extra in spares.split_off(spares.len().min(writer::MAX_SPARES)) {
             if let Err(e) = std::fs::remove_file(&extra) {
@@ -142,6 +151,11 @@ impl Wal {
             undropped_bytes: 0,
             spares,
             nonce,
+            segment_bytes: config.segment_bytes,
+            segment_end,
+            prepare_spares: config.prepare_spares,
+            preparing: None,
+            prepared: 0,
         };
         let handle = std::thread::Builder::new()
             .name("chronik-wal".to_string())

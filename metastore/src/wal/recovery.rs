@@ -118,7 +118,11 @@ fn scan_segment(
             return cut(off, RECYCLED_END);
         }
         if len == 0 && crc == 0 {
-            if ends_at_first_bad_frame || segment::rest_is_zero(&file, off, file_len).map_err(io)? {
+            if ends_at_first_bad_frame {
+                // A recycled segment made from a prepared (zero-filled) spare.
+                return cut(off, RECYCLED_END);
+            }
+            if segment::rest_is_zero(&file, off, file_len).map_err(io)? {
                 return cut(off, "zero-filled tail");
             }
             return Err(WalError::corrupt(

@@ -7,6 +7,9 @@
 //! A dead segment may be kept as a spare, `<id>.wal.spare`, and later recycled into a new
 //! segment: its header is rewritten (flagged recycled) and synced *before* it is renamed,
 //! so a file named as a segment always has the header that tells recovery how to read it.
+//! When a segment is half full and no spare is left, one is prepared in the background:
+//! zero-filled with direct I/O (`prepared-<nonce>-<n>.wal.spare`), so the next roll still
+//! overwrites blocks in place; recovery reads its zeros after the last frame as the end.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -33,6 +36,82 @@ pub fn path(dir: &Path, id: u64) -> PathBuf {
 /// Path of the spare made from segment `id`.
 pub fn spare_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016}{SPARE_SUFFIX}"))
+}
+
+/// Name of the file a spare is zero-filled in before it is renamed to a spare's name.
+const PREPARING: &str = "preparing.wal.spare.tmp";
+
+/// Path of the `n`th spare prepared by the WAL instance with `nonce`.
+pub fn prepared_spare_path(dir: &Path, nonce: u32, n: u64) -> PathBuf {
+    dir.join(format!("prepared-{nonce:08x}-{n}{SPARE_SUFFIX}"))
+}
+
+/// Removes a spare whose preparation a crash interrupted, if there is one.
+pub fn remove_unfinished_spare(dir: &Path) -> Result<(), WalError> {
+    let p = dir.join(PREPARING);
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(WalError::io("remove unfinished spare", &p, e)),
+    }
+}
+
+/// Alignment of direct I/O buffers, offsets and lengths (covers 512 B and 4 KiB devices).
+const DIRECT_ALIGN: usize = 4096;
+/// Zeros written per call when preparing a spare.
+const ZERO_WRITE_BYTES: usize = 1 << 20;
+
+/// Creates the spare `spare`: a file of at least `len` zero bytes whose blocks are
+/// allocated and written, so that a segment recycled from it is written in place instead
+/// of allocating as it grows. On this kind of VM disk, `fdatasync` after appending 1 MiB
+/// to a new file takes several times longer than after overwriting 1 MiB in place.
+///
+/// The zeros are written with direct I/O, which costs the CPU almost nothing (one zero
+/// buffer, no page cache); where the filesystem has none, returns `Ok(false)` and
+/// prepares nothing, since filling through the page cache would cost about as much CPU
+/// as it saves. Written under a temporary name, synced, then renamed and the directory
+/// synced: a spare's name always means a whole spare.
+pub fn prepare_spare(dir: &Path, spare: &Path, len: u64) -> Result<bool, WalError> {
+    let tmp = dir.join(PREPARING);
+    let fd = match rustix::fs::open(
+        &tmp,
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::TRUNC
+            | rustix::fs::OFlags::DIRECT
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_bits_truncate(0o644),
+    ) {
+        Ok(fd) => File::from(fd),
+        Err(rustix::io::Errno::INVAL) => return Ok(false),
+        Err(e) => return Err(WalError::io("create spare", &tmp, e.into())),
+    };
+    let zeros = vec![0u8; ZERO_WRITE_BYTES + DIRECT_ALIGN];
+    // Bytes to skip from the allocation's start to the next aligned address.
+    let start = (zeros.as_ptr() as usize).wrapping_neg() % DIRECT_ALIGN;
+    let zeros = &zeros[start..start + ZERO_WRITE_BYTES];
+    let mut written = 0u64;
+    while written < len {
+        let n = usize::try_from(len - written)
+            .map_or(ZERO_WRITE_BYTES, |r| r.min(ZERO_WRITE_BYTES))
+            .next_multiple_of(DIRECT_ALIGN);
+        match (&fd).write_all(&zeros[..n]) {
+            Ok(()) => written += n as u64,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
+                    return Ok(false);
+                }
+                return Err(WalError::io("write spare", &tmp, e));
+            }
+        }
+    }
+    fd.sync_all()
+        .map_err(|e| WalError::io("fsync spare", &tmp, e))?;
+    drop(fd);
+    std::fs::rename(&tmp, spare).map_err(|e| WalError::io("rename spare", spare, e))?;
+    sync_dir(dir)?;
+    Ok(true)
 }
 
 /// Spare files in `dir`.

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +25,8 @@ use openraft::storage::LogFlushed;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
+use super::error::WalError;
+use super::format::SEGMENT_HEADER_LEN;
 use super::segment;
 use super::FsyncPolicy;
 use crate::types::TypeConfig;
@@ -130,6 +133,17 @@ pub(crate) struct Writer {
     pub spares: Vec<PathBuf>,
     /// The nonce of the segments this instance creates (see `format`).
     pub nonce: u32,
+    /// The size segments roll at (spares are prepared at this size).
+    pub segment_bytes: u64,
+    /// Where the next write goes in the active segment.
+    pub segment_end: u64,
+    /// Whether to prepare a spare when none is left (see [`segment::prepare_spare`]).
+    pub prepare_spares: bool,
+    /// The spare being prepared in the background, if any: `Ok(None)` when the
+    /// filesystem has no direct I/O.
+    pub preparing: Option<JoinHandle<Result<Option<PathBuf>, WalError>>>,
+    /// Spares prepared so far (numbers their names).
+    pub prepared: u64,
 }
 
 impl Writer {
@@ -198,6 +212,8 @@ impl Writer {
             self.sync(&mut unsynced);
         }
         self.complete(&mut unsynced);
+        // A spare in preparation is finished, not abandoned half-written.
+        self.collect_prepared_spare(true);
     }
 
     fn failed(&self) -> Option<String> {
@@ -275,8 +291,11 @@ impl Writer {
                 let p = segment::path(&self.dir, self.segment);
                 self.fail(format!("write {}: {e}", p.display()));
             } else if let Some(pos) = end_pos {
-                self.undropped_bytes += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+                let len = bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+                self.undropped_bytes += len;
+                self.segment_end += len;
                 self.shared.written_pos.store(*pos, Ordering::Release);
+                self.prepare_spare_if_needed();
             }
         }
         bufs.clear();
@@ -350,9 +369,56 @@ impl Writer {
         }
     }
 
+    /// Starts preparing a spare in the background once the active segment is half full
+    /// and no spare is left for the next roll, so that it does not start a new file.
+    fn prepare_spare_if_needed(&mut self) {
+        if !self.prepare_spares
+            || !self.spares.is_empty()
+            || self.preparing.is_some()
+            || self.segment_end < self.segment_bytes / 2
+        {
+            return;
+        }
+        let dir = self.dir.clone();
+        let spare = segment::prepared_spare_path(&dir, self.nonce, self.prepared);
+        self.prepared += 1;
+        let len = self.segment_bytes;
+        let spawned = std::thread::Builder::new()
+            .name("chronik-wal-spare".to_string())
+            .spawn(move || Ok(segment::prepare_spare(&dir, &spare, len)?.then_some(spare)));
+        match spawned {
+            Ok(handle) => self.preparing = Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "wal: could not start preparing a spare");
+                self.prepare_spares = false;
+            }
+        }
+    }
+
+    /// Adds the spare prepared in the background to the spares once it is ready (or,
+    /// with `wait`, after waiting for it).
+    fn collect_prepared_spare(&mut self, wait: bool) {
+        let Some(handle) = self.preparing.take_if(|h| wait || h.is_finished()) else {
+            return;
+        };
+        match handle.join() {
+            Ok(Ok(Some(spare))) => self.spares.push(spare),
+            Ok(Ok(None)) => {
+                tracing::info!("wal: no direct I/O here; new segments grow as they are written");
+                self.prepare_spares = false;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "wal: could not prepare a spare; not trying again");
+                self.prepare_spares = false;
+            }
+            Err(_) => self.prepare_spares = false,
+        }
+    }
+
     /// Switches to segment `next` (the previous one is already fsynced by the caller),
     /// recycling a spare file when there is one.
     fn roll(&mut self, next: u64) {
+        self.collect_prepared_spare(false);
         let file = match self.spares.pop() {
             Some(spare) => segment::recycle(&self.dir, &spare, next, self.nonce).or_else(|e| {
                 if segment::path(&self.dir, next).exists() {
@@ -369,6 +435,7 @@ impl Writer {
             Ok(f) => {
                 self.file = f;
                 self.segment = next;
+                self.segment_end = SEGMENT_HEADER_LEN;
             }
             Err(e) => self.fail(e.to_string()),
         }

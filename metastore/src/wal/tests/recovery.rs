@@ -13,6 +13,7 @@ fn open(dir: &Path, segment_bytes: u64) -> Wal {
         dir: dir.to_path_buf(),
         segment_bytes,
         fsync: FsyncPolicy::Always,
+        prepare_spares: false,
     })
     .expect("open wal")
 }
@@ -115,6 +116,7 @@ async fn entries_readable_when_append_returns() {
         dir: dir.path().to_path_buf(),
         segment_bytes: 1 << 20,
         fsync: FsyncPolicy::IntervalMs(50),
+        prepare_spares: false,
     })
     .expect("open");
     append_range(&wal, 4, 1, 1..=3).await;
@@ -322,6 +324,7 @@ async fn never_policy_completes_without_fsync() {
         dir: dir.path().to_path_buf(),
         segment_bytes: 1 << 20,
         fsync: FsyncPolicy::Never,
+        prepare_spares: false,
     })
     .expect("open");
     append_range(&wal, 0, 1, 1..=5).await;
@@ -508,8 +511,74 @@ async fn damage_inside_a_recycled_segment_fails_open() {
         dir: dir.path().to_path_buf(),
         segment_bytes: 300,
         fsync: FsyncPolicy::Always,
+        prepare_spares: false,
     })
     .err()
     .expect("open must fail");
     assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_prepared_spare_is_ready_for_the_next_roll() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open_preparing = || {
+        Wal::open(WalConfig {
+            dir: dir.path().to_path_buf(),
+            segment_bytes: 64 * 1024,
+            fsync: FsyncPolicy::Always,
+            prepare_spares: true,
+        })
+        .expect("open wal")
+    };
+    let wal = open_preparing();
+    // Past half of the first segment, with no dead segment to recycle, a spare is
+    // zero-filled in the background.
+    let mut last = 0;
+    while file_len(&segments(dir.path())[0]) < 40 * 1024 {
+        last += 1;
+        append_range(&wal, 3, 1, last..=last + 99).await;
+        last += 99;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while spares(dir.path()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no spare prepared");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let spare = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").path())
+        .find(|p| p.to_string_lossy().ends_with(".wal.spare"))
+        .expect("a spare");
+    assert!(file_len(&spare) >= 64 * 1024, "filled to a segment's size");
+    // The next roll recycles it instead of starting a new file...
+    while segments(dir.path()).len() < 2 {
+        last += 1;
+        append_range(&wal, 3, 1, last..=last).await;
+    }
+    assert!(is_recycled(&segments(dir.path())[1]));
+    assert!(!spare.exists());
+    // ...and the zeros after the last frame read as the end of the log, before and after
+    // the segment is sealed by the next roll.
+    drop(wal);
+    let wal = open(dir.path(), 64 * 1024);
+    assert_eq!(indexes(&wal, 3).await, (1..=last).collect::<Vec<_>>());
+    drop(wal);
+    let wal = open_preparing();
+    while segments(dir.path()).len() < 3 {
+        last += 1;
+        append_range(&wal, 3, 1, last..=last + 99).await;
+        last += 99;
+    }
+    drop(wal);
+    let wal = open(dir.path(), 64 * 1024);
+    assert_eq!(indexes(&wal, 3).await, (1..=last).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_interrupted_spare_preparation_is_removed_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unfinished = dir.path().join("preparing.wal.spare.tmp");
+    std::fs::write(&unfinished, [0u8; 100]).expect("write");
+    drop(open(dir.path(), 1 << 20));
+    assert!(!unfinished.exists());
 }

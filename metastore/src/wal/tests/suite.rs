@@ -20,6 +20,7 @@ impl StoreBuilder<TypeConfig, WalLogStore, TestSm, TempDir> for Builder {
             dir: dir.path().join("wal"),
             segment_bytes: self.segment_bytes,
             fsync: self.fsync,
+            prepare_spares: true,
         })
         .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         // Another group's state shares the WAL, as on a real node.
