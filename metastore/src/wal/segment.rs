@@ -7,9 +7,10 @@
 //! A dead segment may be kept as a spare, `<id>.wal.spare`, and later recycled into a new
 //! segment: its header is rewritten (flagged recycled) and synced *before* it is renamed,
 //! so a file named as a segment always has the header that tells recovery how to read it.
-//! When a segment is half full and no spare is left, one is prepared in the background:
-//! zero-filled with direct I/O (`prepared-<nonce>-<n>.wal.spare`), so the next roll still
-//! overwrites blocks in place; recovery reads its zeros after the last frame as the end.
+//! When a quarter of a segment is written and no spare is left, one is prepared in the
+//! background: zero-filled with direct I/O (`prepared-<nonce>-<n>.wal.spare`), so the next
+//! roll still overwrites blocks in place; recovery reads its zeros after the last frame as
+//! the end.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -60,6 +61,8 @@ pub fn remove_unfinished_spare(dir: &Path) -> Result<(), WalError> {
 const DIRECT_ALIGN: usize = 4096;
 /// Zeros written per call when preparing a spare.
 const ZERO_WRITE_BYTES: usize = 1 << 20;
+/// Pause after each write of zeros: a 64 MiB spare takes about 100 ms to prepare.
+const ZERO_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Creates the spare `spare`: a file of at least `len` zero bytes whose blocks are
 /// allocated and written, so that a segment recycled from it is written in place instead
@@ -96,7 +99,11 @@ pub fn prepare_spare(dir: &Path, spare: &Path, len: u64) -> Result<bool, WalErro
             .map_or(ZERO_WRITE_BYTES, |r| r.min(ZERO_WRITE_BYTES))
             .next_multiple_of(DIRECT_ALIGN);
         match (&fd).write_all(&zeros[..n]) {
-            Ok(()) => written += n as u64,
+            Ok(()) => {
+                written += n as u64;
+                // Paced, so that the WAL's own fsyncs never queue behind a long burst.
+                std::thread::sleep(ZERO_WRITE_PAUSE);
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {

@@ -369,13 +369,14 @@ impl Writer {
         }
     }
 
-    /// Starts preparing a spare in the background once the active segment is half full
-    /// and no spare is left for the next roll, so that it does not start a new file.
+    /// Starts preparing a spare in the background once a quarter of the active segment
+    /// is written and no spare is left for the next roll, so that it does not start a new
+    /// file (the other three quarters take at least 100 ms to write at full ingest).
     fn prepare_spare_if_needed(&mut self) {
         if !self.prepare_spares
             || !self.spares.is_empty()
             || self.preparing.is_some()
-            || self.segment_end < self.segment_bytes / 2
+            || self.segment_end < self.segment_bytes / 4
         {
             return;
         }

@@ -531,7 +531,7 @@ async fn a_prepared_spare_is_ready_for_the_next_roll() {
         .expect("open wal")
     };
     let wal = open_preparing();
-    // Past half of the first segment, with no dead segment to recycle, a spare is
+    // Past a quarter of the first segment, with no dead segment to recycle, a spare is
     // zero-filled in the background.
     let mut last = 0;
     while file_len(&segments(dir.path())[0]) < 40 * 1024 {
