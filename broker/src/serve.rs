@@ -125,6 +125,7 @@ pub async fn open_with(
                 segment_bytes: config.wal_segment_bytes,
                 fsync: config.fsync_policy()?,
                 prepare_spares: true,
+                direct_io: true,
             },
             raft: RaftTimings {
                 heartbeat_interval_ms: config.raft_heartbeat_interval_ms,

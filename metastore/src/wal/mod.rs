@@ -13,6 +13,7 @@
 //! group goes through one queue to one writer thread, so writes are totally ordered as
 //! openraft requires and one fsync covers many groups' appends.
 
+mod direct;
 mod error;
 pub mod format;
 mod group;
@@ -76,6 +77,8 @@ pub struct WalConfig {
     /// Zero-fill a spare segment in the background when the next roll would otherwise
     /// start a new file (see `segment::prepare_spare`).
     pub prepare_spares: bool,
+    /// Write segments with direct I/O where the filesystem has it (see `direct`).
+    pub direct_io: bool,
 }
 
 impl WalConfig {
@@ -86,6 +89,7 @@ impl WalConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             fsync: FsyncPolicy::Always,
             prepare_spares: true,
+            direct_io: true,
         }
     }
 }
@@ -131,6 +135,14 @@ impl Wal {
         let segment_end = file
             .stream_position()
             .map_err(|e| WalError::io("seek segment", segment::path(&dir, active), e))?;
+        let direct = if config.direct_io {
+            let path = segment::path(&dir, active);
+            direct::enable(&file, &path, segment_end)
+                .map_err(|e| WalError::io("switch segment to direct I/O", &path, e))?
+                .map(direct::DirectTail::new)
+        } else {
+            None
+        };
         segment::remove_unfinished_spare(&dir)?;
         let mut spares = segment::list_spares(&dir)?;
         for extra in spares.split_off(spares.len().min(writer::MAX_SPARES)) {
@@ -156,6 +168,7 @@ impl Wal {
             prepare_spares: config.prepare_spares,
             preparing: None,
             prepared: 0,
+            direct,
         };
         let handle = std::thread::Builder::new()
             .name("chronik-wal".to_string())

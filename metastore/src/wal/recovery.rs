@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use super::direct::ALIGN;
 use super::error::WalError;
 use super::format::{
     self, parse_frame_header, Record, FRAME_HEADER_LEN, MAX_PAYLOAD_BYTES, SEGMENT_HEADER_LEN,
@@ -123,7 +124,15 @@ fn scan_segment(
                 return cut(off, RECYCLED_END);
             }
             if segment::rest_is_zero(&file, off, file_len).map_err(io)? {
-                return cut(off, "zero-filled tail");
+                let padding = file_len % ALIGN as u64 == 0 && file_len - off < ALIGN as u64;
+                return cut(
+                    off,
+                    if padding {
+                        PADDED_END
+                    } else {
+                        "zero-filled tail"
+                    },
+                );
             }
             return Err(WalError::corrupt(
                 &name,
@@ -206,6 +215,9 @@ fn replay(
 
 /// Why a recycled last segment ends where it does: not damage, so not a warning.
 const RECYCLED_END: &str = "end of a recycled segment";
+/// Why a segment written with direct I/O ends where it does: the zeros padding its last
+/// block (see `direct`), not damage.
+const PADDED_END: &str = "end of the padded last block";
 
 /// Cuts the last segment at `off`, or reports corruption in an earlier one.
 fn torn(dir: &Path, id: u64, is_last: bool, off: u64, why: &str) -> Result<u64, WalError> {
@@ -217,8 +229,8 @@ fn torn(dir: &Path, id: u64, is_last: bool, off: u64, why: &str) -> Result<u64, 
             format!("{why} in a sealed segment"),
         ));
     }
-    if why == RECYCLED_END {
-        tracing::info!(segment = %name, offset = off, "wal: cutting a recycled segment's old bytes");
+    if why == RECYCLED_END || why == PADDED_END {
+        tracing::info!(segment = %name, offset = off, reason = why, "wal: cutting what follows the last frame");
     } else {
         tracing::warn!(segment = %name, offset = off, reason = why, "wal: cutting torn tail");
     }

@@ -17,6 +17,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::direct::{AlignedBuf, ALIGN};
 use super::error::WalError;
 use super::format::{self, parse_frame_header, FRAME_HEADER_LEN};
 use crate::types::GroupId;
@@ -57,8 +58,6 @@ pub fn remove_unfinished_spare(dir: &Path) -> Result<(), WalError> {
     }
 }
 
-/// Alignment of direct I/O buffers, offsets and lengths (covers 512 B and 4 KiB devices).
-const DIRECT_ALIGN: usize = 4096;
 /// Zeros written per call when preparing a spare.
 const ZERO_WRITE_BYTES: usize = 1 << 20;
 /// Pause after each write of zeros: a 64 MiB spare takes about 100 ms to prepare.
@@ -89,15 +88,13 @@ pub fn prepare_spare(dir: &Path, spare: &Path, len: u64) -> Result<bool, WalErro
         Err(rustix::io::Errno::INVAL) => return Ok(false),
         Err(e) => return Err(WalError::io("create spare", &tmp, e.into())),
     };
-    let zeros = vec![0u8; ZERO_WRITE_BYTES + DIRECT_ALIGN];
-    // Bytes to skip from the allocation's start to the next aligned address.
-    let start = (zeros.as_ptr() as usize).wrapping_neg() % DIRECT_ALIGN;
-    let zeros = &zeros[start..start + ZERO_WRITE_BYTES];
+    let zeros = AlignedBuf::zeroed(ZERO_WRITE_BYTES);
+    let zeros = zeros.as_slice();
     let mut written = 0u64;
     while written < len {
         let n = usize::try_from(len - written)
             .map_or(ZERO_WRITE_BYTES, |r| r.min(ZERO_WRITE_BYTES))
-            .next_multiple_of(DIRECT_ALIGN);
+            .next_multiple_of(ALIGN);
         match (&fd).write_all(&zeros[..n]) {
             Ok(()) => {
                 written += n as u64;

@@ -11,7 +11,7 @@
 //! poisoned until reopened) because a gap in the file would corrupt what follows.
 
 use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use openraft::storage::LogFlushed;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
+use super::direct::{self, DirectTail};
 use super::error::WalError;
 use super::format::SEGMENT_HEADER_LEN;
 use super::segment;
@@ -144,6 +145,8 @@ pub(crate) struct Writer {
     pub preparing: Option<JoinHandle<Result<Option<PathBuf>, WalError>>>,
     /// Spares prepared so far (numbers their names).
     pub prepared: u64,
+    /// Set when the active segment is written with direct I/O (then nothing is cached).
+    pub direct: Option<DirectTail>,
 }
 
 impl Writer {
@@ -287,7 +290,11 @@ impl Writer {
             return false;
         }
         if self.failed().is_none() {
-            if let Err(e) = write_all_vectored(&mut self.file, bufs) {
+            let written = match &mut self.direct {
+                Some(direct) => direct.write(&self.file, self.segment_end, bufs),
+                None => write_all_vectored(&mut self.file, bufs),
+            };
+            if let Err(e) = written {
                 let p = segment::path(&self.dir, self.segment);
                 self.fail(format!("write {}: {e}", p.display()));
             } else if let Some(pos) = end_pos {
@@ -330,16 +337,13 @@ impl Writer {
     /// or for a far-behind follower, so cached segment pages would only grow the page
     /// cache by every byte written.
     fn drop_synced_pages(&mut self) {
-        if self.undropped_bytes < DROP_PAGES_EVERY {
+        if self.undropped_bytes < DROP_PAGES_EVERY || self.direct.is_some() {
             return;
         }
         self.undropped_bytes = 0;
         // Only whole pages below the append point: dropping the partly written last page
         // would make the next append read it back from disk before writing into it.
-        let Ok(end) = (&self.file).stream_position() else {
-            return;
-        };
-        let Some(len) = NonZeroU64::new(end & !(PAGE_BYTES - 1)) else {
+        let Some(len) = NonZeroU64::new(self.segment_end & !(PAGE_BYTES - 1)) else {
             return;
         };
         // Only advice: a failure changes nothing but the page cache's contents.
@@ -356,7 +360,8 @@ impl Writer {
     /// Before a recycled segment is sealed: cuts the bytes of its earlier life that follow
     /// its last frame, durably, so that a sealed segment ends at its last frame.
     fn cut_old_bytes(&mut self) {
-        let (Ok(end), Ok(meta)) = ((&self.file).stream_position(), self.file.metadata()) else {
+        let end = self.segment_end;
+        let Ok(meta) = self.file.metadata() else {
             self.fail(format!("stat segment {}", self.segment));
             return;
         };
@@ -438,7 +443,15 @@ impl Writer {
                 self.segment = next;
                 self.segment_end = SEGMENT_HEADER_LEN;
             }
-            Err(e) => self.fail(e.to_string()),
+            Err(e) => return self.fail(e.to_string()),
+        }
+        if let Some(direct) = &mut self.direct {
+            let path = segment::path(&self.dir, next);
+            match direct::enable(&self.file, &path, SEGMENT_HEADER_LEN) {
+                Ok(Some(tail)) => direct.reset(tail),
+                Ok(None) => self.direct = None,
+                Err(e) => self.fail(format!("switch {} to direct I/O: {e}", path.display())),
+            }
         }
     }
 

@@ -11,6 +11,7 @@ use crate::wal::{FsyncPolicy, Wal, WalConfig, WalLogStore};
 struct Builder {
     segment_bytes: u64,
     fsync: FsyncPolicy,
+    direct_io: bool,
 }
 
 impl StoreBuilder<TypeConfig, WalLogStore, TestSm, TempDir> for Builder {
@@ -21,6 +22,7 @@ impl StoreBuilder<TypeConfig, WalLogStore, TestSm, TempDir> for Builder {
             segment_bytes: self.segment_bytes,
             fsync: self.fsync,
             prepare_spares: true,
+            direct_io: self.direct_io,
         })
         .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         // Another group's state shares the WAL, as on a real node.
@@ -36,6 +38,7 @@ fn openraft_suite_default_segments() {
     Suite::test_all(Builder {
         segment_bytes: crate::wal::DEFAULT_SEGMENT_BYTES,
         fsync: FsyncPolicy::Always,
+        direct_io: true,
     })
     .expect("openraft storage suite");
 }
@@ -45,6 +48,7 @@ fn openraft_suite_tiny_segments_interval_fsync() {
     Suite::test_all(Builder {
         segment_bytes: 200,
         fsync: FsyncPolicy::IntervalMs(5),
+        direct_io: false,
     })
     .expect("openraft storage suite");
 }
