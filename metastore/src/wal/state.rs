@@ -22,8 +22,13 @@ use super::group::GroupState;
 use super::writer::{Completion, Job};
 use crate::types::GroupId;
 
-/// Bytes of recently appended entries kept in memory for reads without disk I/O.
-pub const TAIL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes of recently appended entries kept in memory for reads without disk I/O: the
+/// state machine's apply, which trails the append by a group commit or two, and
+/// followers that are a little behind. A follower further behind reads the segment files.
+/// These are the producers' own buffers, so the cache's size is broker RSS whenever it
+/// outlasts the untiered tail; at 64 MiB, peak RSS with 6 busy partitions was about
+/// 190 MB, at 16 MiB about 157 MB, for the same throughput.
+pub const TAIL_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where a frame was placed.
 #[derive(Debug, Clone, Copy)]
