@@ -67,6 +67,13 @@ pub fn enable(file: &File, path: &Path, end: u64) -> io::Result<Option<Vec<u8>>>
     }
 }
 
+/// Switches `file` back to writes through the page cache.
+pub fn disable(file: &File) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::DIRECT)?;
+    Ok(())
+}
+
 /// The direct-I/O state of the active segment.
 pub struct DirectTail {
     staging: AlignedBuf,
@@ -117,5 +124,40 @@ impl DirectTail {
         self.tail
             .extend_from_slice(&staging[filled - partial..filled]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the writer's fallback relies on: a direct write the filesystem cannot take
+    /// fails with `EINVAL` (here: an offset off the block boundary), and after `disable`
+    /// the same file takes ordinary writes.
+    #[test]
+    fn a_refused_direct_write_is_einval_and_disable_restores_buffered_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("seg");
+        std::fs::write(&path, b"abc").expect("write");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let Some(tail) = enable(&file, &path, 3).expect("enable") else {
+            return; // No direct I/O on this filesystem: nothing to check.
+        };
+        assert_eq!(tail, b"abc");
+        // A tail one byte short puts the write at offset 2, off the block boundary.
+        let mut direct = DirectTail::new(tail[1..].to_vec());
+        let err = direct
+            .write(&file, 3, &[Bytes::from_static(b"def")])
+            .expect_err("misaligned direct write");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::INVAL.raw_os_error())
+        );
+        disable(&file).expect("disable");
+        file.write_all_at(b"def", 3).expect("buffered write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"abcdef");
     }
 }

@@ -11,7 +11,7 @@
 //! poisoned until reopened) because a gap in the file would corrupt what follows.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -291,7 +291,19 @@ impl Writer {
         }
         if self.failed().is_none() {
             let written = match &mut self.direct {
-                Some(direct) => direct.write(&self.file, self.segment_end, bufs),
+                Some(direct) => match direct.write(&self.file, self.segment_end, bufs) {
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                        // The filesystem took the switch to direct I/O but refuses its
+                        // writes (it needs more than 4 KiB alignment): write through
+                        // the page cache from here on.
+                        tracing::warn!(error = %e, "wal: direct I/O writes refused; writing through the page cache");
+                        self.direct = None;
+                        direct::disable(&self.file)
+                            .and_then(|()| self.file.seek(SeekFrom::Start(self.segment_end)))
+                            .and_then(|_| write_all_vectored(&mut self.file, bufs))
+                    }
+                    other => other,
+                },
                 None => write_all_vectored(&mut self.file, bufs),
             };
             if let Err(e) = written {
