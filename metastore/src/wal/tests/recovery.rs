@@ -12,12 +12,17 @@ use crate::wal::{FsyncPolicy, Wal, WalConfig, WalError};
 /// their last frame, as these tests' byte surgery expects (direct I/O pads the last
 /// block; see `direct_io_segments_reopen_with_every_entry`).
 fn open(dir: &Path, segment_bytes: u64) -> Wal {
+    open_with(dir, segment_bytes, false, false)
+}
+
+/// Opens a WAL that fsyncs every batch, with spare preparation and direct I/O as given.
+fn open_with(dir: &Path, segment_bytes: u64, prepare_spares: bool, direct_io: bool) -> Wal {
     Wal::open(WalConfig {
         dir: dir.to_path_buf(),
         segment_bytes,
         fsync: FsyncPolicy::Always,
-        prepare_spares: false,
-        direct_io: false,
+        prepare_spares,
+        direct_io,
     })
     .expect("open wal")
 }
@@ -528,16 +533,7 @@ async fn damage_inside_a_recycled_segment_fails_open() {
 #[tokio::test]
 async fn a_prepared_spare_is_ready_for_the_next_roll() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let open_preparing = || {
-        Wal::open(WalConfig {
-            dir: dir.path().to_path_buf(),
-            segment_bytes: 64 * 1024,
-            fsync: FsyncPolicy::Always,
-            prepare_spares: true,
-            direct_io: true,
-        })
-        .expect("open wal")
-    };
+    let open_preparing = || open_with(dir.path(), 64 * 1024, true, true);
     let wal = open_preparing();
     // Past a quarter of the first segment, with no dead segment to recycle, a spare is
     // zero-filled in the background.
@@ -615,16 +611,7 @@ async fn assert_sized_entries(wal: &Wal, sizes: &[usize]) {
 #[tokio::test]
 async fn direct_io_segments_reopen_with_every_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let open_direct = || {
-        Wal::open(WalConfig {
-            dir: dir.path().to_path_buf(),
-            segment_bytes: 256 * 1024,
-            fsync: FsyncPolicy::Always,
-            prepare_spares: false,
-            direct_io: true,
-        })
-        .expect("open wal")
-    };
+    let open_direct = || open_with(dir.path(), 256 * 1024, false, true);
     // Entries that end mid-block, on a block boundary's neighbourhood, span several
     // blocks, and one larger than the 2 MiB staging buffer, across several rolls.
     let pattern = [1usize, 4000, 4096, 5000, 100_000, 3 << 20, 10, 70_000];
