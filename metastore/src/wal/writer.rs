@@ -252,7 +252,7 @@ impl Writer {
                         wrote |= self.flush(&mut bufs, &mut end_pos);
                         // A failed write may have left a partial frame: never seal it.
                         if self.failed().is_none() {
-                            self.cut_old_bytes();
+                            self.cut_after_last_frame();
                         }
                         self.sync(unsynced);
                         if self.failed().is_none() {
@@ -369,9 +369,10 @@ impl Writer {
         }
     }
 
-    /// Before a recycled segment is sealed: cuts the bytes of its earlier life that follow
-    /// its last frame, durably, so that a sealed segment ends at its last frame.
-    fn cut_old_bytes(&mut self) {
+    /// Before a segment is sealed: cuts what follows its last frame (a recycled segment's
+    /// bytes from its earlier life, the zero padding of a direct write), durably, so that
+    /// a sealed segment ends at its last frame.
+    fn cut_after_last_frame(&mut self) {
         let end = self.segment_end;
         let Ok(meta) = self.file.metadata() else {
             self.fail(format!("stat segment {}", self.segment));
@@ -382,7 +383,10 @@ impl Writer {
         }
         if let Err(e) = self.file.set_len(end).and_then(|()| self.file.sync_all()) {
             let p = segment::path(&self.dir, self.segment);
-            self.fail(format!("cut recycled segment {}: {e}", p.display()));
+            self.fail(format!(
+                "cut segment {} after its last frame: {e}",
+                p.display()
+            ));
         }
     }
 
