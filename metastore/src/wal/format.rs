@@ -1,4 +1,4 @@
-//! The WAL's persisted byte format, version 2: the segment header and the frame.
+//! The WAL's persisted byte format, version 3: the segment header and the frame.
 //!
 //! This module is the only place that knows the bytes; `format_pin` below pins them.
 //!
@@ -10,7 +10,7 @@
 //!            crc = crc32fast(payload) XOR salt(segment id, nonce)
 //!            (version 1: header "CHRNKWAL" 1 zero[7], and no salt)
 //! payload := group:u64le kind:u8 body
-//! body    := entry | vote | committed | truncate | purge | drop_group
+//! body    := entry | vote | committed | truncate | purge | drop_group | synced
 //!   entry      (1) := term:u64 leader_node:u64 index:u64 type:u8 data
 //!                     type 0 blank (no data), 1 normal (data = command bytes to the end),
 //!                     2 membership (data = serde_json of the Membership to the end)
@@ -19,7 +19,16 @@
 //!   truncate   (4) := since_index:u64       (removes entries >= since_index)
 //!   purge      (5) := term:u64 leader_node:u64 index:u64   (removes entries <= index)
 //!   drop_group (6) := (empty)               (forgets the whole group)
+//!   synced     (7) := segment:u64 offset:u64   (group u64::MAX; every byte before
+//!                     `offset` of segment `segment`, and every earlier segment, was
+//!                     durable when this frame was placed)
 //! ```
+//!
+//! Version 3 added `synced` and nothing else; version 2 segments are read the same way.
+//! A `synced` frame is what lets recovery tell a torn write from damage: a frame that
+//! does not check out but lies before a later `synced` frame's position had been made durable,
+//! so it is damage; otherwise it was never acknowledged, and the log ends there (see
+//! `recovery`).
 //!
 //! The salt ties a frame to its segment. Segment files are recycled (a dead segment is
 //! renamed to the next id and overwritten in place, because an fdatasync that needs no
@@ -39,8 +48,8 @@ use crate::types::{Command, Entry, GroupId, LogId, NodeId, Vote};
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"CHRNKWAL";
-/// Format version written in the segment header. Version 1 segments are still read.
-pub const FORMAT_VERSION: u8 = 2;
+/// Format version written in the segment header. Versions 1 and 2 are still read.
+pub const FORMAT_VERSION: u8 = 3;
 /// Header flag: the segment file was recycled from an earlier segment.
 const FLAG_RECYCLED: u8 = 1;
 /// Bytes of the segment header; the first frame starts here.
@@ -56,6 +65,15 @@ const KIND_COMMITTED: u8 = 3;
 const KIND_TRUNCATE: u8 = 4;
 const KIND_PURGE: u8 = 5;
 const KIND_DROP_GROUP: u8 = 6;
+const KIND_SYNCED: u8 = 7;
+
+/// The group a `synced` frame names: no real group (group ids are handed out upwards from
+/// small numbers).
+pub const SYNCED_GROUP: GroupId = GroupId::MAX;
+/// The payload length of a `synced` frame: group, kind, segment, offset.
+pub const SYNCED_PAYLOAD_LEN: u32 = 25;
+/// The first bytes of every `synced` frame's payload, which recovery searches for.
+pub const SYNCED_PAYLOAD_PREFIX: [u8; 9] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 7];
 
 const ENTRY_BLANK: u8 = 0;
 const ENTRY_NORMAL: u8 = 1;
@@ -67,9 +85,17 @@ pub enum Record {
     Entry(Entry),
     Vote(Vote),
     Committed(Option<LogId>),
-    Truncate { since: u64 },
+    Truncate {
+        since: u64,
+    },
     Purge(LogId),
     DropGroup,
+    /// Every byte before `offset` of `segment` (and of every earlier segment) was durable
+    /// when the frame was placed. Written under [`SYNCED_GROUP`]; no group's state.
+    Synced {
+        segment: u64,
+        offset: u64,
+    },
 }
 
 /// Why a payload did not decode.
@@ -170,12 +196,12 @@ pub fn check_segment_header(h: &[u8]) -> Result<SegmentHeader, String> {
             recycled: false,
             nonce: 0,
         }),
-        FORMAT_VERSION if h[9] & !FLAG_RECYCLED == 0 => Ok(SegmentHeader {
-            version: FORMAT_VERSION,
+        v @ 2..=FORMAT_VERSION if h[9] & !FLAG_RECYCLED == 0 => Ok(SegmentHeader {
+            version: v,
             recycled: h[9] & FLAG_RECYCLED != 0,
             nonce: u32::from_le_bytes([h[12], h[13], h[14], h[15]]),
         }),
-        FORMAT_VERSION => Err(format!("unknown segment flags {:#04x}", h[9])),
+        2..=FORMAT_VERSION => Err(format!("unknown segment flags {:#04x}", h[9])),
         v => Err(format!(
             "unsupported format version {v} (this build reads 1 to {FORMAT_VERSION})"
         )),
@@ -208,6 +234,10 @@ pub fn encode_frame(group: GroupId, record: &Record, out: &mut Vec<u8>) -> Resul
                 }
                 Record::Truncate { since } => put_u64(out, *since),
                 Record::Purge(id) => put_log_id(out, id),
+                Record::Synced { segment, offset } => {
+                    put_u64(out, *segment);
+                    put_u64(out, *offset);
+                }
                 Record::DropGroup | Record::Entry(_) => {}
             }
             finish_frame(out, start);
@@ -283,6 +313,7 @@ fn kind_of(r: &Record) -> u8 {
         Record::Truncate { .. } => KIND_TRUNCATE,
         Record::Purge(_) => KIND_PURGE,
         Record::DropGroup => KIND_DROP_GROUP,
+        Record::Synced { .. } => KIND_SYNCED,
     }
 }
 
@@ -365,6 +396,10 @@ pub fn decode_payload(payload: &[u8]) -> Result<(GroupId, Record), DecodeError> 
         KIND_TRUNCATE => Record::Truncate { since: r.u64()? },
         KIND_PURGE => Record::Purge(r.log_id()?),
         KIND_DROP_GROUP => Record::DropGroup,
+        KIND_SYNCED => Record::Synced {
+            segment: r.u64()?,
+            offset: r.u64()?,
+        },
         k => return Err(DecodeError::UnknownKind(k)),
     };
     r.finish()?;
@@ -441,7 +476,7 @@ mod tests {
         LogId::new(CommittedLeaderId::new(term, node), index)
     }
 
-    /// Pins the bytes of version 1. If this test fails, the on-disk format changed: bump
+    /// Pins the bytes of version 3. If this test fails, the on-disk format changed: bump
     /// FORMAT_VERSION and keep a reader for the old version.
     #[test]
     fn format_pin() {
@@ -470,17 +505,22 @@ mod tests {
         assert_eq!(&out[..8], &[36, 0, 0, 0, 0x1e, 0xee, 0x23, 0x3c]);
         assert_eq!(
             segment_header(false, 0x0403_0201),
-            [b'C', b'H', b'R', b'N', b'K', b'W', b'A', b'L', 2, 0, 0, 0, 1, 2, 3, 4]
+            [b'C', b'H', b'R', b'N', b'K', b'W', b'A', b'L', 3, 0, 0, 0, 1, 2, 3, 4]
         );
         assert_eq!(
             segment_header(true, 0),
-            [b'C', b'H', b'R', b'N', b'K', b'W', b'A', b'L', 2, 1, 0, 0, 0, 0, 0, 0]
+            [b'C', b'H', b'R', b'N', b'K', b'W', b'A', b'L', 3, 1, 0, 0, 0, 0, 0, 0]
         );
         // Salts are pinned: frames written by one build must check out in the next.
-        let v2 = check_segment_header(&segment_header(false, 0)).expect("v2 header");
+        let v3 = check_segment_header(&segment_header(false, 0)).expect("v3 header");
+        let mut v2 = segment_header(false, 0);
+        v2[8] = 2;
+        let v2 = check_segment_header(&v2).expect("v2 header");
+        assert_eq!((v2.version, v3.version), (2, 3));
+        assert_eq!(v2.salt(7), v3.salt(7));
         assert_eq!(v2.salt(0), 0x3f45_8415);
         assert_eq!(v2.salt(1), 0xa10e_0a64);
-        let nonced = check_segment_header(&segment_header(true, 0xff)).expect("v2 header");
+        let nonced = check_segment_header(&segment_header(true, 0xff)).expect("v3 header");
         assert_eq!((nonced.salt(1), nonced.recycled), (0xa10e_0a9b, true));
         assert_ne!(random_nonce(), random_nonce());
         let mut v1 = segment_header(false, 0);
@@ -498,6 +538,19 @@ mod tests {
         assert_eq!(
             &vote[8..],
             &[9, 0, 0, 0, 0, 0, 0, 0, 2, 5, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1][..]
+        );
+
+        let mut synced = Vec::new();
+        let record = Record::Synced {
+            segment: 3,
+            offset: 0x0102,
+        };
+        encode_frame(SYNCED_GROUP, &record, &mut synced).expect("encode");
+        assert_eq!(&synced[..4], &SYNCED_PAYLOAD_LEN.to_le_bytes());
+        assert_eq!(&synced[8..17], &SYNCED_PAYLOAD_PREFIX);
+        assert_eq!(
+            &synced[17..],
+            &[3, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]
         );
     }
 
@@ -523,6 +576,10 @@ mod tests {
             Record::Truncate { since: 9 },
             Record::Purge(log_id(1, 1, 1)),
             Record::DropGroup,
+            Record::Synced {
+                segment: 7,
+                offset: 77,
+            },
         ];
         for rec in records {
             let mut out = Vec::new();
@@ -548,7 +605,7 @@ mod tests {
             let len = (next() % 64) as usize;
             let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if round % 2 == 0 && buf.len() > 9 {
-                buf[8] = (next() % 7) as u8;
+                buf[8] = (next() % 8) as u8;
             }
             let _ = decode_payload(&buf);
         }

@@ -50,7 +50,7 @@ impl GroupState {
             Record::Committed(c) => self.committed = *c,
             Record::Truncate { since } => self.truncate(*since),
             Record::Purge(id) => self.purge(*id),
-            Record::Entry(_) | Record::DropGroup => {}
+            Record::Entry(_) | Record::DropGroup | Record::Synced { .. } => {}
         }
     }
 

@@ -150,8 +150,13 @@ impl Wal {
                 tracing::warn!(path = %extra.display(), error = %e, "wal: could not delete a spare");
             }
         }
+        // What recovery read may still be only in the page cache (a crashed process's
+        // last writes): made durable here, so the first batch can say it is.
+        file.sync_data()
+            .map_err(|e| WalError::io("fsync segment", segment::path(&dir, active), e))?;
         let io = Arc::new(WriterShared::default());
         io.written_pos.store(rec.end_pos, Ordering::Release);
+        *io.synced.lock() = (active, segment_end);
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             dir: dir.clone(),
@@ -180,15 +185,7 @@ impl Wal {
             groups = rec.groups.len(),
             "wal opened"
         );
-        let state = State::new(
-            rec.groups,
-            rec.segments,
-            rec.end_pos,
-            rec.last_salt,
-            nonce,
-            config.segment_bytes,
-            tx,
-        );
+        let state = State::new(rec, nonce, config.segment_bytes, tx, io.clone());
         Ok(Wal {
             inner: Arc::new(Inner {
                 dir,

@@ -1,20 +1,25 @@
 //! Recovery: replays every segment in order and rebuilds each group's state.
 //!
-//! Torn tail versus corruption: a crash can leave the end of the *last* segment incomplete
-//! (a partial frame, a last frame whose CRC does not match, or a zero-filled region). That
-//! data was never acknowledged, so it is cut off and logged. Anything else that does not
-//! check out (a bad frame followed by real data, or a bad frame in an earlier segment, which
-//! was fsynced before the next one was created) may be acknowledged data, so recovery stops
-//! with an error naming the segment and offset instead of dropping it.
+//! Torn tail versus damage. A crash can leave the end of the *last* segment in any state
+//! the device allows: a partial frame, zeros, or, since a write of many blocks may reach
+//! the disk in any order, a frame that does not check out followed by frames that do.
+//! None of that was acknowledged, because an acknowledgement waits for the fsync that
+//! covers it. So in the last segment the first frame that does not check out is the end
+//! of the log, and what follows it is cut and logged, unless a later `synced` frame (see
+//! `format`) records a durable position past it: then the bad frame had been made
+//! durable, it is damage, not a torn write, and recovery stops with an error naming the
+//! segment and offset instead of dropping acknowledged data. A frame that does not check
+//! out in an earlier segment is always damage (a segment is fsynced before the next one
+//! is created).
 //!
-//! A recycled last segment is the exception: after its last frame come the frames of the
-//! file's earlier life (their crcs carry another segment's salt), and a torn write there
-//! may leave any mix of new and old pages. So in it the first frame that does not check
-//! out is the end of the log, as in the recycled-file WAL modes of PostgreSQL and RocksDB,
-//! unless the frame right after it checks out with this segment's salt: then the bad frame
-//! is damage inside the log, and recovery stops with an error.
-//! A recycled segment is cut to its end before the next one is created, so once sealed it
-//! is checked as strictly as any other.
+//! Damage to a durable frame that no later `synced` frame covers (say, the last group
+//! commit before a crash) cannot be told from a torn write and is cut like one, as the
+//! WALs of PostgreSQL and RocksDB do in their default recovery modes.
+//!
+//! A recycled last segment ends the same way: after its last frame come the frames of the
+//! file's earlier life, whose crcs carry another segment's salt. A recycled segment is cut
+//! to its end before the next one is created, so once sealed it is checked as strictly
+//! as any other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -100,81 +105,62 @@ fn scan_segment(
     let header =
         format::check_segment_header(&header).map_err(|m| WalError::corrupt(&name, 0, m))?;
     let salt = header.salt(id);
-    let ends_at_first_bad_frame = is_last && header.recycled;
-    let cut = |off: u64, why: &str| torn(dir, id, is_last, off, why).map(|len| (len, salt));
+    let recycled = is_last && header.recycled;
+    // The first bytes at `off` that are not a frame of this segment.
+    let end = |off: u64, why: &str| {
+        if is_last {
+            let synced = segment::last_synced_frame(&file, off, file_len, salt, id).map_err(io)?;
+            if let Some((at, upto)) = synced.filter(|(_, upto)| *upto > off) {
+                return Err(WalError::corrupt(
+                    &name,
+                    off,
+                    format!(
+                        "{why}, but the synced frame at offset {at} records this segment \
+                         durable up to offset {upto}, past it"
+                    ),
+                ));
+            }
+        }
+        torn(dir, id, is_last, off, why).map(|len| (len, salt))
+    };
 
     let mut off = SEGMENT_HEADER_LEN;
     let mut payload = Vec::new();
     while off < file_len {
         let remaining = file_len - off;
         if remaining < FRAME_HEADER_LEN {
-            return cut(off, "incomplete frame header");
+            return end(off, "incomplete frame header");
         }
         let mut h = [0u8; FRAME_HEADER_LEN as usize];
         r.read_exact(&mut h).map_err(io)?;
         let (len, crc) = parse_frame_header(h);
-        if ends_at_first_bad_frame
-            && (len > MAX_PAYLOAD_BYTES || FRAME_HEADER_LEN + u64::from(len) > remaining)
-        {
-            return cut(off, RECYCLED_END);
-        }
-        if len == 0 && crc == 0 {
-            if ends_at_first_bad_frame {
-                // A recycled segment made from a prepared (zero-filled) spare.
-                return cut(off, RECYCLED_END);
-            }
-            if segment::rest_is_zero(&file, off, file_len).map_err(io)? {
-                let padding = file_len % ALIGN as u64 == 0 && file_len - off < ALIGN as u64;
-                return cut(
-                    off,
-                    if padding {
-                        PADDED_END
-                    } else {
-                        "zero-filled tail"
-                    },
-                );
-            }
-            return Err(WalError::corrupt(
-                &name,
-                off,
-                "zero frame header before data",
-            ));
-        }
-        if len > MAX_PAYLOAD_BYTES {
-            return Err(WalError::corrupt(
-                &name,
-                off,
-                format!("frame length {len} above limit {MAX_PAYLOAD_BYTES}"),
-            ));
-        }
         let frame_len = FRAME_HEADER_LEN + u64::from(len);
-        if frame_len > remaining {
-            return cut(off, "incomplete frame");
-        }
-        payload.resize(len as usize, 0);
-        r.read_exact(&mut payload).map_err(io)?;
-        if !format::crc_matches(&payload, crc, salt) {
-            if ends_at_first_bad_frame {
-                // Old-life frames never pass with this segment's salt, so a frame that
-                // does, right after the bad one, means damage inside the log, not its end.
-                if segment::frame_passes(&file, off + frame_len, file_len, salt).map_err(io)? {
-                    return Err(WalError::corrupt(
-                        &name,
-                        off,
-                        "crc mismatch before a valid frame of this recycled segment",
-                    ));
+        let bad = if len == 0 && crc == 0 {
+            // Zeros: the rest of a prepared (zero-filled) spare, the padding of a direct
+            // write's last block, or blocks a torn write never reached.
+            Some(if recycled {
+                RECYCLED_END
+            } else if segment::rest_is_zero(&file, off, file_len).map_err(io)? {
+                let padding = file_len % ALIGN as u64 == 0 && file_len - off < ALIGN as u64;
+                if padding {
+                    PADDED_END
+                } else {
+                    "zero-filled tail"
                 }
-                return cut(off, RECYCLED_END);
-            }
-            let end = off + frame_len;
-            if end == file_len || segment::rest_is_zero(&file, end, file_len).map_err(io)? {
-                return cut(off, "crc mismatch in last frame");
-            }
-            return Err(WalError::corrupt(
-                &name,
-                off,
-                "crc mismatch before further frames",
-            ));
+            } else {
+                "zero frame header before data"
+            })
+        } else if len > MAX_PAYLOAD_BYTES {
+            Some("frame length above the limit")
+        } else if frame_len > remaining {
+            Some("incomplete frame")
+        } else {
+            payload.resize(len as usize, 0);
+            r.read_exact(&mut payload).map_err(io)?;
+            (!format::crc_matches(&payload, crc, salt)).then_some("crc mismatch")
+        };
+        if let Some(why) = bad {
+            return end(off, if recycled { RECYCLED_END } else { why });
         }
         let (group, record) = format::decode_payload(&payload)
             .map_err(|e| WalError::corrupt(&name, off, e.to_string()))?;
@@ -205,6 +191,8 @@ fn replay(
         Record::DropGroup => {
             groups.remove(&group);
         }
+        // Evidence for the torn-write check above, not state.
+        Record::Synced { .. } => {}
         Record::Entry(_) => groups
             .entry(group)
             .or_default()

@@ -270,20 +270,55 @@ pub fn rest_is_zero(f: &File, from: u64, end: u64) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Whether a whole frame that checks out with `salt` starts at `at` (before `end`).
-pub fn frame_passes(f: &File, at: u64, end: u64, salt: u32) -> std::io::Result<bool> {
-    if at + FRAME_HEADER_LEN > end {
-        return Ok(false);
+/// The `synced` frame of segment `id` (one that checks out with its `salt`) between `from`
+/// and `end` that records the highest durable offset in it, as (the frame's offset, that
+/// durable offset).
+/// Any bytes may lie in between (a torn write, an earlier life's frames), so this
+/// searches for the frame's fixed payload prefix rather than walking frame by frame.
+pub fn last_synced_frame(
+    f: &File,
+    from: u64,
+    end: u64,
+    salt: u32,
+    id: u64,
+) -> std::io::Result<Option<(u64, u64)>> {
+    const CHUNK: u64 = 1 << 20;
+    let frame_len = FRAME_HEADER_LEN + u64::from(format::SYNCED_PAYLOAD_LEN);
+    let finder = memchr::memmem::Finder::new(&format::SYNCED_PAYLOAD_PREFIX);
+    let mut best: Option<(u64, u64)> = None;
+    let mut buf = Vec::new();
+    let mut at = from;
+    while at + frame_len <= end {
+        // Each read overlaps the next by a frame, so a frame across the boundary is seen.
+        let n = (CHUNK + frame_len).min(end - at);
+        buf.resize(usize::try_from(n).unwrap_or(usize::MAX), 0);
+        f.read_exact_at(&mut buf, at)?;
+        for i in finder.find_iter(&buf) {
+            let Some(start) = i.checked_sub(FRAME_HEADER_LEN as usize) else {
+                continue;
+            };
+            let Some(frame) = buf.get(start..start + frame_len as usize) else {
+                continue;
+            };
+            let mut h = [0u8; FRAME_HEADER_LEN as usize];
+            h.copy_from_slice(&frame[..FRAME_HEADER_LEN as usize]);
+            let (len, crc) = parse_frame_header(h);
+            let payload = &frame[FRAME_HEADER_LEN as usize..];
+            if len != format::SYNCED_PAYLOAD_LEN || !format::crc_matches(payload, crc, salt) {
+                continue;
+            }
+            let Ok((_, format::Record::Synced { segment, offset })) =
+                format::decode_payload(payload)
+            else {
+                continue;
+            };
+            if segment == id && best.is_none_or(|(_, o)| offset > o) {
+                best = Some((at + start as u64, offset));
+            }
+        }
+        at += CHUNK;
     }
-    let mut h = [0u8; FRAME_HEADER_LEN as usize];
-    f.read_exact_at(&mut h, at)?;
-    let (len, crc) = parse_frame_header(h);
-    if len == 0 || len > format::MAX_PAYLOAD_BYTES || at + FRAME_HEADER_LEN + u64::from(len) > end {
-        return Ok(false);
-    }
-    let mut payload = vec![0u8; len as usize];
-    f.read_exact_at(&mut payload, at + FRAME_HEADER_LEN)?;
-    Ok(format::crc_matches(&payload, crc, salt))
+    Ok(best)
 }
 
 /// Reads and CRC-checks (with the segment's `salt`) the frame at `offset` of length

@@ -12,14 +12,16 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::mem;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::WalError;
-use super::format::{self, Frame, SEGMENT_HEADER_LEN};
+use super::format::{self, Frame, Record, SEGMENT_HEADER_LEN};
 use super::group::GroupState;
-use super::writer::{Completion, Job};
+use super::recovery::Recovered;
+use super::writer::{Completion, Job, WriterShared};
 use crate::types::GroupId;
 
 /// Bytes of recently appended entries kept in memory for reads without disk I/O: the
@@ -67,18 +69,27 @@ pub(crate) struct State {
     cache: VecDeque<CacheRef>,
     cache_bytes: u64,
     pub tx: Sender<Job>,
+    /// The writer's counters, for the position it has made durable.
+    io: Arc<WriterShared>,
+    /// The durable (segment, offset) the last `synced` frame placed recorded.
+    marked: (u64, u64),
 }
 
 impl State {
+    /// The state of a log recovered as `rec`, written by a writer fed by `tx`.
     pub fn new(
-        groups: HashMap<GroupId, GroupState>,
-        segments: BTreeMap<u64, u64>,
-        pos: u64,
-        active_salt: u32,
+        rec: Recovered,
         nonce: u32,
         segment_bytes: u64,
         tx: Sender<Job>,
+        io: Arc<WriterShared>,
     ) -> Self {
+        let Recovered {
+            groups,
+            segments,
+            end_pos: pos,
+            last_salt: active_salt,
+        } = rec;
         let (active, active_len) = segments
             .iter()
             .next_back()
@@ -96,12 +107,20 @@ impl State {
             cache: VecDeque::new(),
             cache_bytes: 0,
             tx,
+            io,
+            // Opening made the whole log durable; the first batch after an fsync of this
+            // instance says how far that reaches then.
+            marked: (active, active_len),
         }
     }
 
     /// Places `frames` (each one encoded frame) at the end of the log and queues them for
     /// the writer, rolling to a new segment when the active one is full. `done` fires once
-    /// all of them are durable.
+    /// all of them are durable. Returns where each of `frames` went.
+    ///
+    /// When the writer has made more of the log durable since the last `synced` frame, one
+    /// goes in front of the first frame (in the same segment), recording that position:
+    /// recovery's evidence that what lies before it is not a torn write.
     pub fn submit(
         &mut self,
         frames: Vec<Frame>,
@@ -109,12 +128,19 @@ impl State {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Vec<Placed>, WalError> {
         let mut placed = Vec::with_capacity(frames.len());
-        let mut parts = Vec::with_capacity(frames.len() * 2);
+        let mut parts = Vec::with_capacity(frames.len() * 2 + 1);
+        let mut synced = self.synced_frame()?;
         for mut frame in frames {
             let len = frame.len() as u64;
-            if self.active_frames > 0 && self.active_len() + len > self.segment_bytes {
+            let marker_len = synced.as_ref().map_or(0, |m| m.len() as u64);
+            if self.active_frames > 0 && self.active_len() + marker_len + len > self.segment_bytes {
                 self.send(mem::take(&mut parts), None, None)?;
                 self.roll()?;
+            }
+            if let Some(mut marker) = synced.take() {
+                format::salt_frame(&mut marker, self.active_salt);
+                self.advance(marker.len() as u64);
+                parts.push(Bytes::from(marker));
             }
             format::salt_frame(&mut frame.head, self.active_salt);
             placed.push(Placed {
@@ -132,6 +158,25 @@ impl State {
         }
         self.send(parts, done, permit)?;
         Ok(placed)
+    }
+
+    /// A `synced` frame (not yet salted) if the durable position moved since the last one.
+    fn synced_frame(&mut self) -> Result<Option<Vec<u8>>, WalError> {
+        let synced = *self.io.synced.lock();
+        if synced <= self.marked {
+            return Ok(None);
+        }
+        self.marked = synced;
+        let (segment, offset) = synced;
+        let record = Record::Synced { segment, offset };
+        let mut frame = Vec::with_capacity(40);
+        format::encode_frame(format::SYNCED_GROUP, &record, &mut frame).map_err(|reason| {
+            WalError::Encode {
+                group: format::SYNCED_GROUP,
+                reason,
+            }
+        })?;
+        Ok(Some(frame))
     }
 
     fn active_len(&self) -> u64 {

@@ -114,6 +114,9 @@ pub const MAX_SPARES: usize = 2;
 pub(crate) struct WriterShared {
     /// Global position up to which frames are in the segment files (page cache at least).
     pub written_pos: AtomicU64,
+    /// (segment, offset) before which everything was made durable: in that segment and in
+    /// every earlier one.
+    pub synced: Mutex<(u64, u64)>,
     pub fsyncs: AtomicU64,
     pub fsync_micros_total: AtomicU64,
     pub fsync_micros_max: AtomicU64,
@@ -326,6 +329,7 @@ impl Writer {
     fn sync(&mut self, unsynced: &mut Vec<Completion>) {
         if self.failed().is_none() {
             let start = Instant::now();
+            let upto = (self.segment, self.segment_end);
             if let Err(e) = self.file.sync_data() {
                 let p = segment::path(&self.dir, self.segment);
                 self.fail(format!("fsync {}: {e}", p.display()));
@@ -338,6 +342,7 @@ impl Writer {
                 self.shared
                     .fsync_micros_max
                     .fetch_max(micros, Ordering::Relaxed);
+                *self.shared.synced.lock() = upto;
                 self.drop_synced_pages();
             }
         }

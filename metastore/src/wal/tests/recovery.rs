@@ -41,6 +41,27 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).expect("stat").len()
 }
 
+/// The (offset, length with header) of each frame of a segment's bytes, walking the
+/// length fields from the header on while they fit.
+fn frame_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut off = 16;
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || off + 8 + len > bytes.len() {
+            break;
+        }
+        spans.push((off, 8 + len));
+        off += 8 + len;
+    }
+    spans
+}
+
+/// Whether the frame at `off` is a `synced` frame.
+fn is_synced_frame(bytes: &[u8], off: usize) -> bool {
+    bytes[off + 8..off + 17] == crate::wal::format::SYNCED_PAYLOAD_PREFIX
+}
+
 async fn append_range(wal: &Wal, group: u64, term: u64, indexes: std::ops::RangeInclusive<u64>) {
     let mut s = wal.log_store(group);
     s.blocking_append(indexes.map(|i| entry(group, term, i)))
@@ -140,20 +161,23 @@ async fn entries_readable_when_append_returns() {
     assert_eq!(wal.stats().appends, 3);
 }
 
-/// Writes entries 1..=5 of group 0, returns (dir guard, last segment path, its length and
-/// the length of the last frame).
+/// Writes entries 1..=4 of group 0 in one batch and entry 5 in another, returns (dir
+/// guard, last segment path, its length and the length of the last frame). The second
+/// batch starts with a `synced` frame: the first was durable when it was placed.
 async fn five_entries() -> (tempfile::TempDir, PathBuf, u64, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let before;
     {
         let wal = open(dir.path(), 64 << 20);
         append_range(&wal, 0, 1, 1..=4).await;
-        before = wal.stats().bytes_on_disk;
         append_range(&wal, 0, 1, 5..=5).await;
     }
     let seg = segments(dir.path()).pop().expect("a segment");
     let len = file_len(&seg);
-    (dir, seg, len, len - before)
+    let bytes = std::fs::read(&seg).expect("read");
+    let spans = frame_spans(&bytes);
+    assert_eq!(spans.len(), 6, "4 entries, a synced frame, an entry");
+    assert!(is_synced_frame(&bytes, spans[4].0));
+    (dir, seg, len, spans[5].1 as u64)
 }
 
 async fn assert_reopens_with(dir: &Path, want: &[u64]) {
@@ -206,6 +230,7 @@ async fn torn_tail_bad_crc_last_frame_is_cut() {
     assert_reopens_with(dir.path(), &[1, 2, 3, 4]).await;
 }
 
+/// Damage to a frame that a later `synced` frame records as durable is not a torn write.
 #[tokio::test]
 async fn bad_crc_mid_file_fails_open() {
     let (dir, seg, len, _) = five_entries().await;
@@ -226,7 +251,117 @@ async fn bad_crc_mid_file_fails_open() {
         other => panic!("unexpected error {other}"),
     }
     assert!(err.to_string().contains("0000000000000000.wal"), "{err}");
+    assert!(err.to_string().contains("synced frame"), "{err}");
     assert_eq!(file_len(&seg), len, "nothing was cut");
+}
+
+/// Entries 1..=4 in one durable batch, then 5..=8 in one batch; returns the dir guard,
+/// the segment, its bytes and the spans of the second batch's entry frames.
+async fn two_batches() -> (tempfile::TempDir, PathBuf, Vec<u8>, Vec<(usize, usize)>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = open(dir.path(), 64 << 20);
+        append_range(&wal, 0, 1, 1..=4).await;
+        append_range(&wal, 0, 1, 5..=8).await;
+    }
+    let seg = segments(dir.path()).pop().expect("a segment");
+    let bytes = std::fs::read(&seg).expect("read");
+    let spans = frame_spans(&bytes);
+    assert_eq!(spans.len(), 9, "4 entries, a synced frame, 4 entries");
+    assert!(is_synced_frame(&bytes, spans[4].0));
+    (dir, seg, bytes, spans[5..].to_vec())
+}
+
+/// A write of many blocks can reach the disk in any order, so a crash may leave a frame
+/// of the last batch unwritten (zeros) or half written while frames after it made it.
+/// None of them was acknowledged: the log ends at the first bad one.
+#[tokio::test]
+async fn torn_write_before_intact_frames_is_cut() {
+    for zeroed in [true, false] {
+        let (dir, seg, mut bytes, batch) = two_batches().await;
+        let (off, len) = batch[1];
+        if zeroed {
+            bytes[off..off + len].fill(0);
+        } else {
+            bytes[off + len - 1] ^= 0x01;
+        }
+        std::fs::write(&seg, &bytes).expect("write");
+        drop(open(dir.path(), 64 << 20));
+        assert_eq!(file_len(&seg), off as u64, "cut at the torn frame");
+        assert_reopens_with(dir.path(), &[1, 2, 3, 4, 5]).await;
+    }
+}
+
+/// `synced` frames name a segment and an offset in it, so they mean the same after
+/// segments were deleted and the log was reopened (positions counted from the first
+/// segment would not): a torn write is still cut there, and damage is still caught.
+#[tokio::test]
+async fn synced_frames_after_purged_segments() {
+    for torn in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let wal = open(dir.path(), 600);
+            for i in 10..=40 {
+                append_range(&wal, 0, 1, i..=i).await;
+            }
+            wal.log_store(0).purge(log_id(1, 30)).await.expect("purge");
+            append_range(&wal, 0, 1, 41..=42).await;
+            if !torn {
+                append_range(&wal, 0, 1, 43..=43).await;
+            }
+        }
+        let seg = segments(dir.path()).pop().expect("a segment");
+        assert!(
+            !seg.ends_with("0000000000000000.wal"),
+            "early segments were deleted"
+        );
+        let mut bytes = std::fs::read(&seg).expect("read");
+        let spans = frame_spans(&bytes);
+        let batch = spans
+            .iter()
+            .rposition(|(off, len)| *len == 48 && !is_synced_frame(&bytes, *off))
+            .expect("an entry");
+        // Entry 41: the first of the two-entry batch.
+        let (off, len) = spans[if torn { batch - 1 } else { batch - 3 }];
+        assert!(!is_synced_frame(&bytes, off));
+        bytes[off..off + len].fill(0);
+        std::fs::write(&seg, &bytes).expect("write");
+        let opened = Wal::open(WalConfig::new(dir.path()));
+        if torn {
+            let wal = opened.expect("a torn write is cut");
+            assert_eq!(indexes(&wal, 0).await, (31..=40).collect::<Vec<_>>());
+        } else {
+            let err = opened.err().expect("damage before a synced frame fails");
+            assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+        }
+    }
+}
+
+/// The same damage in a batch that a later batch's `synced` frame records as durable
+/// fails the open and cuts nothing.
+#[tokio::test]
+async fn damage_before_a_later_synced_frame_fails_open() {
+    let (dir, seg, _, _) = two_batches().await;
+    {
+        // The first batch after opening needs no synced frame (opening made the log
+        // durable); the second has one.
+        let wal = open(dir.path(), 64 << 20);
+        append_range(&wal, 0, 1, 9..=9).await;
+        append_range(&wal, 0, 1, 10..=10).await;
+    }
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let spans = frame_spans(&bytes);
+    let (off, len) = spans[6];
+    bytes[off..off + len].fill(0);
+    std::fs::write(&seg, &bytes).expect("write");
+    let err = Wal::open(WalConfig::new(dir.path()))
+        .err()
+        .expect("open must fail");
+    assert!(
+        matches!(err, WalError::Corrupt { offset, .. } if offset == off as u64),
+        "{err}"
+    );
+    assert_eq!(file_len(&seg), bytes.len() as u64, "nothing was cut");
 }
 
 #[tokio::test]
@@ -480,16 +615,19 @@ async fn version_1_segments_are_still_read() {
 /// Group 3 with entries 10..=60 (two-digit indexes, so every entry frame has one size)
 /// in 300-byte segments, purged up to 45 so that dead segments became spares, then
 /// appended one entry at a time from 61 until a roll took a spare. The last segment is
-/// then a recycled file whose old life had the same layout (checkpoint, then entry frames
-/// of the same size) and more frames: after the new entries, the old ones line up exactly
-/// on frame boundaries. Returns the dir guard and the last index written.
+/// then a recycled file whose old life had the same layout (checkpoint, then per batch a
+/// synced frame and an entry frame of the same size) and more frames: after the new
+/// entries, the old ones line up exactly on frame boundaries. Returns the dir guard and
+/// the last index written.
 async fn aligned_recycled_tail(extra: u64) -> (tempfile::TempDir, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = open(dir.path(), 300);
     let mut s = wal.log_store(3);
     append_range(&wal, 3, 1, 10..=14).await;
     s.purge(log_id(1, 11)).await.expect("purge");
-    append_range(&wal, 3, 1, 15..=60).await;
+    for i in 15..=60 {
+        append_range(&wal, 3, 1, i..=i).await;
+    }
     s.purge(log_id(1, 45)).await.expect("purge");
     assert_eq!(spares(dir.path()), crate::wal::writer::MAX_SPARES);
     let mut last = 60;
@@ -514,9 +652,11 @@ async fn damage_inside_a_recycled_segment_fails_open() {
     let (dir, _) = aligned_recycled_tail(2).await;
     let tail = segments(dir.path()).pop().expect("a segment");
     let mut bytes = std::fs::read(&tail).expect("read");
-    // The new life: header, checkpoint (41 bytes), then three 48-byte entry frames.
-    // Damage the first entry's payload; the two after it still check out.
-    bytes[16 + 41 + 8 + 20] ^= 0x01;
+    // The new life: header, checkpoint, a synced frame, an entry frame, then a synced
+    // frame recording that entry durable and two more entries. Damage the first entry.
+    let spans = frame_spans(&bytes);
+    assert!(is_synced_frame(&bytes, spans[1].0) && is_synced_frame(&bytes, spans[3].0));
+    bytes[spans[2].0 + 8 + 20] ^= 0x01;
     std::fs::write(&tail, &bytes).expect("write");
     let err = Wal::open(WalConfig {
         dir: dir.path().to_path_buf(),
