@@ -342,17 +342,47 @@ impl Tier {
     /// Ships everything untiered when the step starts (on a step woken early, only whole
     /// chunks unless the node is under pressure), one chunk per `chunk_bytes`, then
     /// snapshots the partition once (its tail is smallest now) so the WAL can be purged.
-    /// `Ok(true)` when a chunk was tiered.
+    /// If a whole chunk or more arrived while shipping (a producer that pipelines many
+    /// requests), that is shipped too before the snapshot, for up to one interval: a
+    /// snapshot carries the untiered tail, and at hundreds of MB it cost more memory and
+    /// CPU than the shipping it held up. `Ok(true)` when a chunk was tiered.
     async fn tier_partition(&self, p: &Arc<Partition>, on_clock: bool) -> Result<bool, String> {
-        use futures::StreamExt;
-        let whole_chunks_only = !on_clock && !self.under_pressure();
-        if whole_chunks_only && p.log.read().untiered_bytes() < self.config.chunk_bytes as u64 {
+        let started = tokio::time::Instant::now();
+        let chunk_bytes = self.config.chunk_bytes as u64;
+        let mut whole_chunks_only = !on_clock && !self.under_pressure();
+        if whole_chunks_only && p.log.read().untiered_bytes() < chunk_bytes {
             return Ok(false);
         }
+        let mut tiered = false;
+        loop {
+            match self.ship(p, whole_chunks_only).await? {
+                Shipped::Nothing if !tiered && whole_chunks_only => return Ok(false),
+                Shipped::Nothing => break,
+                Shipped::Chunks => tiered = true,
+                Shipped::Stopped => {
+                    tiered = true;
+                    break;
+                }
+            }
+            if p.log.read().untiered_bytes() < chunk_bytes
+                || started.elapsed() >= self.config.interval
+            {
+                break;
+            }
+            whole_chunks_only = true;
+        }
+        self.snapshot_if_due(p, on_clock).await;
+        Ok(tiered)
+    }
+
+    /// One pass of [`Tiering::tier_partition`]: ships the untiered tail up to the high
+    /// watermark (only its whole chunks with `whole_chunks_only`).
+    async fn ship(&self, p: &Arc<Partition>, whole_chunks_only: bool) -> Result<Shipped, String> {
+        use futures::StreamExt;
         let end = p.log.read().high_watermark();
         let mut pieces = p.log.read().untiered_chunks(self.config.chunk_bytes, end);
         if whole_chunks_only {
-            // Woken early: only whole chunks; the rest waits to fill up or for the clock.
+            // Only whole chunks; the rest waits to fill up or for the clock.
             let size = |piece: &Vec<BatchLocation>| -> usize {
                 piece.iter().map(|b| b.bytes as usize).sum()
             };
@@ -362,9 +392,9 @@ impl Tier {
             {
                 pieces.pop();
             }
-            if pieces.is_empty() {
-                return Ok(false);
-            }
+        }
+        if pieces.is_empty() {
+            return Ok(Shipped::Nothing);
         }
         // Build and upload a few chunks at once (one upload at a time cannot keep up with
         // a fast producer), and commit them to the manifest strictly in offset order.
@@ -374,11 +404,14 @@ impl Tier {
                 .map(|batches| self.upload_chunk(p, batches)),
         )
         .buffered(UPLOADS_PER_PARTITION);
-        let mut tiered = false;
+        let mut shipped = Shipped::Nothing;
         while let Some(chunk) = uploads.next().await {
             let (chunk, batch_bytes) = chunk?;
             if !self.commit_chunk(p, chunk).await? {
-                break;
+                return Ok(match shipped {
+                    Shipped::Nothing => Shipped::Nothing,
+                    _ => Shipped::Stopped,
+                });
             }
             // The node's untiered count is refreshed only when a step ends (or on the
             // clock), while producers add to it all along: take the shipped bytes off now,
@@ -390,11 +423,9 @@ impl Tier {
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                         Some(n.saturating_sub(batch_bytes))
                     });
-            tiered = true;
+            shipped = Shipped::Chunks;
         }
-        drop(uploads);
-        self.snapshot_if_due(p, on_clock).await;
-        Ok(tiered)
+        Ok(shipped)
     }
 
     /// Builds `batches` (consecutive, the oldest of the tail) into one chunk object and
@@ -480,6 +511,16 @@ impl Tier {
 
 /// How often a produce request held back by `max_untiered_bytes` looks again.
 const LIMIT_POLL: Duration = Duration::from_millis(5);
+
+/// What one shipping pass did.
+enum Shipped {
+    /// Nothing was due.
+    Nothing,
+    /// Every chunk due was committed.
+    Chunks,
+    /// A commit was refused (the tail moved meanwhile): stop for this step.
+    Stopped,
+}
 
 /// Chunks of one partition built and uploaded at once by a tiering step.
 const UPLOADS_PER_PARTITION: usize = 4;
