@@ -27,12 +27,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload};
+use object_store::ObjectStore;
 
 use chronik_metastore::snapshot_store::{SnapshotStore, StoredSnapshot};
 use chronik_metastore::state_machine::decode_snapshot;
 use chronik_metastore::types::GroupId;
-use chronik_tiering::snapshot::{decode_snapshot_named, encode_snapshot};
+use chronik_tiering::snapshot::{decode_snapshot_named, wrap_snapshot, WrappedSnapshot};
 use chronik_tiering::{layout, Bucket};
 
 #[derive(Default, Debug)]
@@ -52,7 +52,7 @@ pub struct NodeSnapshots {
     /// Per group, the newest snapshot not known to be in the bucket: its upload failed, or
     /// it was loaded from the local file at start (a crash may have cut its upload short).
     /// (last log index, wrapped bytes).
-    pending_uploads: std::sync::Mutex<BTreeMap<GroupId, (u64, Bytes)>>,
+    pending_uploads: std::sync::Mutex<BTreeMap<GroupId, (u64, WrappedSnapshot)>>,
     /// Wakes the uploader when a snapshot is queued.
     upload_wanted: tokio::sync::Notify,
     written: LocalIndex,
@@ -73,13 +73,13 @@ fn local_file(dir: &Path, group: GroupId) -> PathBuf {
 /// leader) never race on the same temporary file, and an older one never replaces a newer.
 type LocalIndex = Arc<std::sync::Mutex<BTreeMap<GroupId, u64>>>;
 
-fn write_atomically(dir: &Path, group: GroupId, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+fn write_atomically(dir: &Path, group: GroupId, data: &WrappedSnapshot) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let target = local_file(dir, group);
     let tmp = target.with_extension("snap.tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
+    let parts: Vec<&[u8]> = data.parts().iter().map(|p| p.as_ref()).collect();
+    chronik_tiering::durable_fs::write_all_vectored(&mut f, &parts)?;
     f.sync_all()?;
     // Read back only at start-up: its pages need not stay cached.
     chronik_tiering::drop_cached_pages(&f);
@@ -112,7 +112,7 @@ impl NodeSnapshots {
 
     /// Uploads, and records the outcome: a failure is kept for a retry, a success drops
     /// any older pending retry of the group.
-    async fn upload_or_keep(&self, group: GroupId, index: u64, wrapped: Bytes) {
+    async fn upload_or_keep(&self, group: GroupId, index: u64, wrapped: WrappedSnapshot) {
         let result = self.upload(group, index, wrapped.clone()).await;
         let mut pending = self
             .pending_uploads
@@ -147,7 +147,7 @@ impl NodeSnapshots {
 
     /// Uploads what is queued and retries what failed (the newest snapshot of each group).
     pub async fn retry_pending_uploads(&self) {
-        let pending: Vec<(GroupId, u64, Bytes)> = self
+        let pending: Vec<(GroupId, u64, WrappedSnapshot)> = self
             .pending_uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -180,10 +180,10 @@ impl NodeSnapshots {
         &self,
         group: GroupId,
         index: u64,
-        wrapped: Bytes,
+        wrapped: WrappedSnapshot,
     ) -> Result<(), object_store::Error> {
         let key = ObjectPath::from(layout::snapshot_key(group, index));
-        self.store.put(&key, PutPayload::from(wrapped)).await?;
+        self.store.put(&key, wrapped.payload()).await?;
         let mut keys: Vec<ObjectPath> = self
             .store
             .list(Some(&ObjectPath::from(layout::snapshot_prefix(group))))
@@ -284,14 +284,19 @@ impl NodeSnapshots {
 
     /// Wraps and writes a snapshot as the group's local file, unless a newer one is there
     /// already; returns the wrapped bytes (what the bucket gets too).
-    async fn write_local(&self, group: GroupId, index: u64, data: Bytes) -> Result<Bytes, String> {
+    async fn write_local(
+        &self,
+        group: GroupId,
+        index: u64,
+        data: Bytes,
+    ) -> Result<WrappedSnapshot, String> {
         let (dir, incarnation, written) = (
             self.dir.clone(),
             self.incarnation.clone(),
             self.written.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            let wrapped = encode_snapshot(group, index, &incarnation, &data);
+            let wrapped = wrap_snapshot(group, index, &incarnation, data);
             let mut newest = written.lock().unwrap_or_else(|e| e.into_inner());
             if newest.get(&group).is_some_and(|i| *i > index) {
                 return Ok(wrapped);
@@ -335,7 +340,7 @@ impl NodeSnapshots {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .entry(group)
-                    .or_insert((snapshot.last_log_index, Bytes::from(data)));
+                    .or_insert((snapshot.last_log_index, Bytes::from(data).into()));
                 Ok(Some(snapshot))
             }
             Err(err) => {

@@ -11,6 +11,7 @@
 pub mod metadata;
 pub mod network;
 pub mod offsets;
+pub mod snapshot_buf;
 pub mod snapshot_store;
 pub mod state_machine;
 pub mod types;

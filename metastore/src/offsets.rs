@@ -133,8 +133,8 @@ impl ApplyState for OffsetsState {
         ))
     }
 
-    fn to_snapshot(&self) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(self).map_err(|e| e.to_string())
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        serde_json::to_writer(out, self).map_err(|e| e.to_string())
     }
 
     fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {

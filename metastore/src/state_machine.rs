@@ -14,7 +14,6 @@
 //! (see [`encode_snapshot`]): a magic, a version byte, the Raft metadata as JSON, then the
 //! application's own bytes.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,6 +25,7 @@ use openraft::{
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot_buf::SnapshotBuf;
 use crate::snapshot_store::{SnapshotStore, StoredSnapshot};
 use crate::types::{
     Command, CommandResponse, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig,
@@ -41,10 +41,19 @@ pub trait ApplyState: Send + Sync + Sized + 'static {
     /// machine can track leader terms.
     fn observe_entry(&mut self, _log_id: &LogId) {}
 
-    /// Serialises the whole state for a snapshot.
-    fn to_snapshot(&self) -> Result<Vec<u8>, String>;
+    /// Serialises the whole state for a snapshot, appended to `out` (which already holds
+    /// the snapshot's header: a partition's state is mostly its untiered tail, so it is
+    /// copied once, into the snapshot itself).
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String>;
 
-    /// Rebuilds the state from [`ApplyState::to_snapshot`] bytes.
+    /// The whole state serialised on its own (see [`ApplyState::write_snapshot`]).
+    fn to_snapshot(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.write_snapshot(&mut out)?;
+        Ok(out)
+    }
+
+    /// Rebuilds the state from [`ApplyState::write_snapshot`] bytes.
     fn from_snapshot(bytes: &[u8]) -> Result<Self, String>;
 
     /// Takes over a state rebuilt from a snapshot. Override to keep what outlives the
@@ -68,14 +77,20 @@ struct SnapshotHeader {
 
 /// `magic | version | u32 BE header length | header JSON | application bytes`.
 pub fn encode_snapshot(meta: &SnapshotMeta<NodeId, openraft::BasicNode>, state: &[u8]) -> Vec<u8> {
+    let mut out = snapshot_head(meta);
+    out.extend_from_slice(state);
+    out
+}
+
+/// A snapshot's bytes up to the application's (see [`encode_snapshot`]).
+fn snapshot_head(meta: &SnapshotMeta<NodeId, openraft::BasicNode>) -> Vec<u8> {
     // Serialising plain ids and maps cannot fail.
     let header = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() }).unwrap_or_default();
-    let mut out = Vec::with_capacity(9 + header.len() + state.len());
+    let mut out = Vec::with_capacity(9 + header.len());
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.push(SNAPSHOT_VERSION);
     out.extend_from_slice(&(header.len() as u32).to_be_bytes());
     out.extend_from_slice(&header);
-    out.extend_from_slice(state);
     out
 }
 
@@ -205,9 +220,6 @@ impl<A: ApplyState> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
             // Hold the state read lock while reading progress so the two are consistent.
             let state = self.state.read();
             let mut progress = self.progress.write();
-            let bytes = state
-                .to_snapshot()
-                .map_err(|e| sm_error(ErrorVerb::Read, &e))?;
             progress.snapshot_seq += 1;
             let snapshot_id = match progress.last_applied {
                 Some(id) => format!(
@@ -221,8 +233,11 @@ impl<A: ApplyState> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
                 last_membership: progress.membership.clone(),
                 snapshot_id,
             };
-            let data = Bytes::from(encode_snapshot(&meta, &bytes));
-            (meta, data)
+            let mut out = snapshot_head(&meta);
+            state
+                .write_snapshot(&mut out)
+                .map_err(|e| sm_error(ErrorVerb::Read, &e))?;
+            (meta, Bytes::from(out))
         };
         self.persist(&meta, data.clone())
             .await
@@ -230,7 +245,7 @@ impl<A: ApplyState> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
         self.progress.write().snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.to_vec())),
+            snapshot: Box::new(SnapshotBuf::shared(data)),
         })
     }
 }
@@ -282,16 +297,16 @@ impl<A: ApplyState> RaftStateMachine<TypeConfig> for StateMachine<A> {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBuf>, StorageError> {
+        Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBuf>,
     ) -> Result<(), StorageError> {
-        let data = Bytes::from(snapshot.into_inner());
+        let data = snapshot.into_bytes();
         let (_, app_bytes) = decode_snapshot(&data).map_err(|e| sm_error(ErrorVerb::Read, &e))?;
         let app = A::from_snapshot(app_bytes).map_err(|e| sm_error(ErrorVerb::Read, &e))?;
         self.persist(meta, data.clone())
@@ -313,7 +328,7 @@ impl<A: ApplyState> RaftStateMachine<TypeConfig> for StateMachine<A> {
         let progress = self.progress.read();
         Ok(progress.snapshot.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.to_vec())),
+            snapshot: Box::new(SnapshotBuf::shared(data.clone())),
         }))
     }
 }
@@ -332,8 +347,9 @@ mod tests {
             self.0 += 1;
             CommandResponse::default()
         }
-        fn to_snapshot(&self) -> Result<Vec<u8>, String> {
-            Ok(self.0.to_be_bytes().to_vec())
+        fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+            out.extend_from_slice(&self.0.to_be_bytes());
+            Ok(())
         }
         fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {
             let b: [u8; 8] = bytes.try_into().map_err(|_| "bad counter".to_string())?;

@@ -39,7 +39,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_buf::SnapshotBuf,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

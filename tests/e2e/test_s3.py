@@ -108,13 +108,20 @@ def snapshot_payload(raw: bytes) -> bytes:
     import struct
     import zstandard
     assert raw[:8] == b"CHRNKSNP", raw[:8]
+    version = raw[8]
     pos = 8 + 1 + 8 + 8
     (inc_len,) = struct.unpack(">H", raw[pos:pos + 2])
     pos += 2 + inc_len
-    raw_len, comp_len = struct.unpack(">QQ", raw[pos:pos + 16])
-    pos += 16
-    return zstandard.ZstdDecompressor().decompress(raw[pos:pos + comp_len],
-                                                   max_output_size=raw_len)
+    (raw_len,) = struct.unpack(">Q", raw[pos:pos + 8])
+    pos += 8
+    codec = 1 if version == 1 else raw[pos]
+    pos += 0 if version == 1 else 1
+    (stored_len,) = struct.unpack(">Q", raw[pos:pos + 8])
+    pos += 8
+    stored = raw[pos:pos + stored_len]
+    if codec == 0:
+        return stored
+    return zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_len)
 
 
 def keys_under(s3, bucket: str, prefix: str) -> list[str]:

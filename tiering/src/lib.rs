@@ -27,4 +27,4 @@ pub use failing::FailingStore;
 pub use incarnation::Incarnation;
 pub use layout::ObjectKey;
 pub use retry::RetryPolicy;
-pub use snapshot::{decode_snapshot, encode_snapshot};
+pub use snapshot::{decode_snapshot, encode_snapshot, wrap_snapshot, WrappedSnapshot};

@@ -1,37 +1,103 @@
-//! The snapshot envelope, version 1: how a Raft group's snapshot is wrapped before it goes
+//! The snapshot envelope, version 2: how a Raft group's snapshot is wrapped before it goes
 //! to `snapshots/group-{group:020}/{seq:020}.snap`. The payload is opaque here (the state
 //! machine owns it); the envelope adds the group, the sequence number and the cluster
 //! incarnation (fencing: a restore can refuse another cluster's snapshot), compresses the
-//! payload, and checksums everything.
+//! payload when that pays, and checksums everything.
 //!
 //! Big-endian layout:
 //!
 //! ```text
 //! magic            8   b"CHRNKSNP"
-//! version          u8  1
+//! version          u8  2
 //! group            u64
 //! seq              u64
 //! incarnation_len  u16, then that many bytes of UTF-8
 //! raw_len          u64 payload bytes before compression
-//! compressed_len   u64, then that many bytes: one zstd frame
+//! codec            u8  0: stored as is, 1: one zstd frame
+//! stored_len       u64, then that many bytes: the payload as `codec` says
 //! crc              u32 crc32 (crc32fast) of every byte before it
 //! ```
+//!
+//! Version 1 had no codec byte and always one zstd frame; it is still read. A partition's
+//! snapshot is mostly its untiered tail, the producers' batches, which are often
+//! compressed already or random: zstd then costs about a second of CPU per few hundred MB
+//! and saves nothing, so it is used only when a sample shrinks by a tenth or more, and a
+//! payload stored as is is written from the snapshot's own buffer, not copied.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use object_store::PutPayload;
 
 use crate::layout;
 use crate::{Bucket, TieringError};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CHRNKSNP";
-pub const SNAPSHOT_VERSION: u8 = 1;
+pub const SNAPSHOT_VERSION: u8 = 2;
 /// Level 1: snapshots are written every second per active group; CPU matters more.
 const ZSTD_LEVEL: i32 = 1;
-const FIXED_LEN: usize = 8 + 1 + 8 + 8 + 2 + 8 + 8 + 4;
+/// Bytes of the envelope around the payload, without the incarnation (version 2).
+const FIXED_LEN: usize = 8 + 1 + 8 + 8 + 2 + 8 + 1 + 8 + 4;
+/// Version 1 had no codec byte.
+const FIXED_LEN_V1: usize = FIXED_LEN - 1;
+const CODEC_NONE: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+/// A payload up to this size is compressed whole and kept so if that pays; a larger one
+/// only if this many bytes of its end (a partition's tail data) shrink by a tenth.
+const SAMPLE_BYTES: usize = 256 * 1024;
 
-/// Wraps a snapshot payload. Pure CPU work (zstd): use `spawn_blocking` for big payloads.
+/// A wrapped snapshot as the parts it is written from: the envelope's head, the payload
+/// as stored, and the checksum.
+#[derive(Debug, Clone, Default)]
+pub struct WrappedSnapshot {
+    parts: Vec<Bytes>,
+}
+
+impl WrappedSnapshot {
+    /// The parts, to be written one after the other.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The parts as one object body (not copied).
+    pub fn payload(&self) -> PutPayload {
+        self.parts.iter().cloned().collect()
+    }
+
+    /// The parts joined (a copy).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.parts.as_slice() {
+            [one] => one.clone(),
+            parts => Bytes::from(parts.concat()),
+        }
+    }
+}
+
+impl From<Bytes> for WrappedSnapshot {
+    /// Bytes that are a wrapped snapshot already (read back from a file).
+    fn from(bytes: Bytes) -> Self {
+        WrappedSnapshot { parts: vec![bytes] }
+    }
+}
+
+/// Wraps a snapshot payload into one buffer. See [`wrap_snapshot`].
 pub fn encode_snapshot(group: u64, seq: u64, incarnation: &str, payload: &[u8]) -> Bytes {
-    let compressed = zstd::bulk::compress(payload, ZSTD_LEVEL)
-        .expect("zstd compresses into memory unless its parameters are invalid");
+    wrap_snapshot(group, seq, incarnation, Bytes::copy_from_slice(payload)).to_bytes()
+}
+
+/// Wraps a snapshot payload; a payload that does not compress is shared, not copied.
+/// Pure CPU work (zstd, crc): use `spawn_blocking` for big payloads.
+pub fn wrap_snapshot(group: u64, seq: u64, incarnation: &str, payload: Bytes) -> WrappedSnapshot {
+    let (codec, stored) = match compressed(&payload) {
+        Some(c) => (CODEC_ZSTD, Bytes::from(c)),
+        None => (CODEC_NONE, payload.clone()),
+    };
     // An incarnation id is a UUID; a longer one is cut at a char boundary to fit a u16.
     let mut inc = incarnation;
     while inc.len() > usize::from(u16::MAX) {
@@ -41,19 +107,41 @@ pub fn encode_snapshot(group: u64, seq: u64, incarnation: &str, payload: &[u8]) 
         }
         inc = &inc[..end];
     }
-    let mut out = BytesMut::with_capacity(FIXED_LEN + inc.len() + compressed.len());
-    out.put_slice(SNAPSHOT_MAGIC);
-    out.put_u8(SNAPSHOT_VERSION);
-    out.put_u64(group);
-    out.put_u64(seq);
-    out.put_u16(inc.len() as u16);
-    out.put_slice(inc.as_bytes());
-    out.put_u64(payload.len() as u64);
-    out.put_u64(compressed.len() as u64);
-    out.put_slice(&compressed);
-    let crc = crc32fast::hash(&out);
-    out.put_u32(crc);
-    out.freeze()
+    let mut head = BytesMut::with_capacity(FIXED_LEN - 4 + inc.len());
+    head.put_slice(SNAPSHOT_MAGIC);
+    head.put_u8(SNAPSHOT_VERSION);
+    head.put_u64(group);
+    head.put_u64(seq);
+    head.put_u16(inc.len() as u16);
+    head.put_slice(inc.as_bytes());
+    head.put_u64(payload.len() as u64);
+    head.put_u8(codec);
+    head.put_u64(stored.len() as u64);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head);
+    crc.update(&stored);
+    let crc = Bytes::copy_from_slice(&crc.finalize().to_be_bytes());
+    WrappedSnapshot {
+        parts: vec![head.freeze(), stored, crc],
+    }
+}
+
+/// The payload as one zstd frame, if zstd saves a tenth of it (judged on a sample of its
+/// end when it is big).
+fn compressed(payload: &[u8]) -> Option<Vec<u8>> {
+    let pays = |raw: usize, packed: usize| packed * 10 <= raw * 9;
+    let sample = &payload[payload.len().saturating_sub(SAMPLE_BYTES)..];
+    // zstd compresses into memory unless its parameters are invalid; if it ever fails,
+    // the payload is stored as is.
+    let packed = zstd::bulk::compress(sample, ZSTD_LEVEL).ok()?;
+    if !pays(sample.len(), packed.len()) {
+        return None;
+    }
+    if sample.len() == payload.len() {
+        return Some(packed);
+    }
+    let packed = zstd::bulk::compress(payload, ZSTD_LEVEL).ok()?;
+    pays(payload.len(), packed.len()).then_some(packed)
 }
 
 /// Unwraps a snapshot: `(group, seq, incarnation, payload)`.
@@ -94,16 +182,16 @@ impl<'a> Cursor<'a> {
 }
 
 fn decode(bytes: &[u8]) -> Result<(u64, u64, String, Bytes), String> {
-    if bytes.len() < FIXED_LEN {
+    if bytes.len() < FIXED_LEN_V1 {
         return Err(format!("{} bytes is too short for a snapshot", bytes.len()));
     }
     if &bytes[..8] != SNAPSHOT_MAGIC {
         return Err("bad magic (not a snapshot)".into());
     }
-    if bytes[8] != SNAPSHOT_VERSION {
+    let version = bytes[8];
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(format!(
-            "snapshot format version {} is not supported (this build reads {SNAPSHOT_VERSION})",
-            bytes[8]
+            "snapshot format version {version} is not supported (this build reads 1 to {SNAPSHOT_VERSION})"
         ));
     }
     let crc_at = bytes.len() - 4;
@@ -124,15 +212,24 @@ fn decode(bytes: &[u8]) -> Result<(u64, u64, String, Bytes), String> {
         .map_err(|_| "incarnation is not UTF-8".to_string())?
         .to_string();
     let raw_len = usize::try_from(c.u64()?).map_err(|_| "payload too large".to_string())?;
-    let compressed_len = usize::try_from(c.u64()?).map_err(|_| "payload too large".to_string())?;
-    let compressed = c.take(compressed_len)?;
+    let codec = if version == 1 {
+        CODEC_ZSTD
+    } else {
+        c.take(1)?[0]
+    };
+    let stored_len = usize::try_from(c.u64()?).map_err(|_| "payload too large".to_string())?;
+    let stored = c.take(stored_len)?;
     if c.pos != crc_at {
         return Err(format!(
             "{} stray bytes before the checksum",
             crc_at - c.pos
         ));
     }
-    let payload = zstd::bulk::decompress(compressed, raw_len).map_err(|e| format!("zstd: {e}"))?;
+    let payload = match codec {
+        CODEC_NONE => stored.to_vec(),
+        CODEC_ZSTD => zstd::bulk::decompress(stored, raw_len).map_err(|e| format!("zstd: {e}"))?,
+        other => return Err(format!("unknown payload codec {other}")),
+    };
     if payload.len() != raw_len {
         return Err(format!(
             "payload is {} bytes, header says {raw_len}",
@@ -208,20 +305,68 @@ mod tests {
     }
 
     #[test]
-    fn pins_the_v1_envelope() {
+    fn pins_the_v2_envelope() {
         let enc = encode_snapshot(1, 2, "ab", b"");
         let mut fixed = Vec::new();
-        fixed.extend_from_slice(b"CHRNKSNP\x01");
+        fixed.extend_from_slice(b"CHRNKSNP\x02");
         fixed.extend_from_slice(&1u64.to_be_bytes());
         fixed.extend_from_slice(&2u64.to_be_bytes());
         fixed.extend_from_slice(&2u16.to_be_bytes());
         fixed.extend_from_slice(b"ab");
         fixed.extend_from_slice(&0u64.to_be_bytes()); // raw_len
+        fixed.push(0); // codec: an empty payload does not compress
+        fixed.extend_from_slice(&0u64.to_be_bytes()); // stored_len
         assert_eq!(&enc[..fixed.len()], fixed.as_slice());
-        let clen = u64::from_be_bytes(enc[fixed.len()..fixed.len() + 8].try_into().expect("8"));
-        assert_eq!(enc.len(), fixed.len() + 8 + clen as usize + 4);
+        assert_eq!(enc.len(), fixed.len() + 4);
         let crc_at = enc.len() - 4;
         assert_eq!(enc[crc_at..], crc32fast::hash(&enc[..crc_at]).to_be_bytes());
+    }
+
+    /// Version 1 (no codec byte, always zstd) is still read.
+    #[test]
+    fn reads_the_v1_envelope() {
+        let payload = b"state ".repeat(50);
+        let zstd = zstd::bulk::compress(&payload, 1).expect("zstd");
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"CHRNKSNP\x01");
+        v1.extend_from_slice(&5u64.to_be_bytes());
+        v1.extend_from_slice(&6u64.to_be_bytes());
+        v1.extend_from_slice(&3u16.to_be_bytes());
+        v1.extend_from_slice(b"inc");
+        v1.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        v1.extend_from_slice(&(zstd.len() as u64).to_be_bytes());
+        v1.extend_from_slice(&zstd);
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        let (g, s, inc, p) = decode_snapshot(&v1).expect("decode v1");
+        assert_eq!(
+            (g, s, inc.as_str(), p.as_ref()),
+            (5, 6, "inc", &payload[..])
+        );
+    }
+
+    /// A payload that zstd cannot shrink is stored as is and shared with the caller;
+    /// one that compresses is compressed, also when only its end does.
+    #[test]
+    fn compresses_only_when_it_pays() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let random: Vec<u8> = (0..(1 << 20)).map(|_| rng.gen()).collect();
+        let payload = Bytes::from(random);
+        let wrapped = wrap_snapshot(1, 1, "inc", payload.clone());
+        assert!(wrapped
+            .parts()
+            .iter()
+            .any(|p| p.as_ptr() == payload.as_ptr()));
+        assert_eq!(wrapped.len(), payload.len() + FIXED_LEN + 3);
+        let (_, _, _, back) = decode_snapshot(&wrapped.to_bytes()).expect("decode");
+        assert_eq!(back, payload);
+
+        let mut text = b"{\"json\": 1}".to_vec();
+        text.extend(b"tail data tail data ".repeat(100_000));
+        let wrapped = wrap_snapshot(1, 1, "inc", Bytes::from(text.clone()));
+        assert!(wrapped.len() < text.len() / 10);
+        let (_, _, _, back) = decode_snapshot(&wrapped.to_bytes()).expect("decode");
+        assert_eq!(back.as_ref(), text.as_slice());
     }
 
     #[test]
@@ -237,10 +382,10 @@ mod tests {
             bad[at] ^= 1 << rng.gen_range(0..8);
             assert!(decode_snapshot(&bad).is_err());
         }
-        let mut v2 = enc.to_vec();
-        v2[8] = 2;
-        let err = decode_snapshot_named("snapshots/x", &v2).expect_err("version");
-        assert!(err.to_string().contains("snapshots/x") && err.to_string().contains("version 2"));
+        let mut v3 = enc.to_vec();
+        v3[8] = 3;
+        let err = decode_snapshot_named("snapshots/x", &v3).expect_err("version");
+        assert!(err.to_string().contains("snapshots/x") && err.to_string().contains("version 3"));
     }
 
     #[tokio::test]

@@ -596,16 +596,16 @@ impl ApplyState for PartitionLog {
     }
 
     /// `u32 BE length | JSON of the state | the tail batches' bytes, in order`.
-    fn to_snapshot(&self) -> Result<Vec<u8>, String> {
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
         let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
         let tail: usize = self.batches.iter().map(|b| b.data.len()).sum();
-        let mut out = Vec::with_capacity(4 + json.len() + tail);
+        out.reserve_exact(4 + json.len() + tail);
         out.extend_from_slice(&(json.len() as u32).to_be_bytes());
         out.extend_from_slice(&json);
         for b in &self.batches {
             out.extend_from_slice(&b.data);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {

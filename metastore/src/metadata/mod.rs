@@ -52,8 +52,8 @@ impl ApplyState for MetadataState {
         ))
     }
 
-    fn to_snapshot(&self) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(self.current.as_ref()).map_err(|e| e.to_string())
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        serde_json::to_writer(out, self.current.as_ref()).map_err(|e| e.to_string())
     }
 
     fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {

@@ -1,6 +1,5 @@
 //! A tiny in-memory state machine, only so openraft's storage suite can run.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -9,6 +8,7 @@ use openraft::{
 };
 use parking_lot::Mutex;
 
+use crate::snapshot_buf::SnapshotBuf;
 use crate::types::{CommandResponse, Entry, LogId, NodeId, StorageError, TypeConfig};
 
 #[derive(Default)]
@@ -35,7 +35,7 @@ impl RaftSnapshotBuilder<TypeConfig> for TestSm {
         s.snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotBuf::shared(data.into())),
         })
     }
 }
@@ -71,19 +71,19 @@ impl RaftStateMachine<TypeConfig> for TestSm {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBuf>, StorageError> {
+        Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBuf>,
     ) -> Result<(), StorageError> {
         let mut s = self.0.lock();
         s.last_applied = meta.last_log_id;
         s.membership = meta.last_membership.clone();
-        s.snapshot = Some((meta.clone(), snapshot.into_inner()));
+        s.snapshot = Some((meta.clone(), snapshot.into_bytes().to_vec()));
         Ok(())
     }
 
@@ -91,7 +91,7 @@ impl RaftStateMachine<TypeConfig> for TestSm {
         let s = self.0.lock();
         Ok(s.snapshot.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
+            snapshot: Box::new(SnapshotBuf::shared(data.clone().into())),
         }))
     }
 }
