@@ -479,7 +479,9 @@ async fn start_group<A: ApplyState>(
         snapshot
     };
     if let Some(snapshot) = snapshot {
-        let covered = state_machine.restore(&snapshot.data).map_err(raft_err)?;
+        let covered = state_machine
+            .restore(&snapshot.to_bytes())
+            .map_err(raft_err)?;
         // A group restored onto an empty log (a wiped or new data directory) must not
         // start an election in a term older than the entries its snapshot covers. It
         // records the vote of that term's leader as seen (committed), not a vote for

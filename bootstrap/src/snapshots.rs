@@ -172,7 +172,7 @@ impl NodeSnapshots {
         let (meta, _) = decode_snapshot(&payload).map_err(|e| format!("{key}: {e}"))?;
         Ok(StoredSnapshot {
             last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-            data: payload,
+            parts: vec![payload],
         })
     }
 
@@ -238,7 +238,7 @@ impl SnapshotStore for NodeSnapshots {
     fn save(&self, group: GroupId, snapshot: StoredSnapshot) -> BoxFuture<'_, Result<(), String>> {
         async move {
             let index = snapshot.last_log_index;
-            let wrapped = self.write_local(group, index, snapshot.data).await?;
+            let wrapped = self.write_local(group, index, snapshot.parts).await?;
             self.stats.saved.fetch_add(1, Ordering::Relaxed);
             // The local copy makes the snapshot durable, which is all the log purge needs;
             // the bucket copy is uploaded in the background, so a slow bucket never stalls
@@ -277,7 +277,7 @@ impl NodeSnapshots {
         group: GroupId,
         snapshot: &StoredSnapshot,
     ) -> Result<(), String> {
-        self.write_local(group, snapshot.last_log_index, snapshot.data.clone())
+        self.write_local(group, snapshot.last_log_index, snapshot.parts.clone())
             .await
             .map(|_| ())
     }
@@ -288,7 +288,7 @@ impl NodeSnapshots {
         &self,
         group: GroupId,
         index: u64,
-        data: Bytes,
+        data: Vec<Bytes>,
     ) -> Result<WrappedSnapshot, String> {
         let (dir, incarnation, written) = (
             self.dir.clone(),

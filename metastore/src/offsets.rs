@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot_buf::SnapshotWriter;
 use crate::state_machine::ApplyState;
 use crate::types::{Command, CommandResponse, LogId};
 
@@ -133,7 +134,7 @@ impl ApplyState for OffsetsState {
         ))
     }
 
-    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+    fn write_snapshot(&self, out: &mut SnapshotWriter) -> Result<(), String> {
         serde_json::to_writer(out, self).map_err(|e| e.to_string())
     }
 

@@ -12,11 +12,20 @@ use futures::future::BoxFuture;
 use crate::types::GroupId;
 
 /// A snapshot as stored: opaque bytes produced by the state machine adapter, plus the Raft
-/// log index it covers (stores key and order snapshots by it).
+/// log index it covers (stores key and order snapshots by it). The bytes are the
+/// concatenation of `parts` (see `snapshot_buf`: a partition's batches are shared, not
+/// copied, into the snapshot); a loaded snapshot has one part.
 #[derive(Clone, Debug)]
 pub struct StoredSnapshot {
     pub last_log_index: u64,
-    pub data: Bytes,
+    pub parts: Vec<Bytes>,
+}
+
+impl StoredSnapshot {
+    /// The bytes in one buffer (copied only if there are several parts).
+    pub fn to_bytes(&self) -> Bytes {
+        crate::snapshot_buf::join_parts(&self.parts)
+    }
 }
 
 pub trait SnapshotStore: Send + Sync + 'static {

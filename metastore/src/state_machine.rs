@@ -25,7 +25,7 @@ use openraft::{
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot_buf::SnapshotBuf;
+use crate::snapshot_buf::{SnapshotBuf, SnapshotWriter};
 use crate::snapshot_store::{SnapshotStore, StoredSnapshot};
 use crate::types::{
     Command, CommandResponse, Entry, GroupId, LogId, NodeId, StorageError, TypeConfig,
@@ -41,16 +41,16 @@ pub trait ApplyState: Send + Sync + Sized + 'static {
     /// machine can track leader terms.
     fn observe_entry(&mut self, _log_id: &LogId) {}
 
-    /// Serialises the whole state for a snapshot, appended to `out` (which already holds
-    /// the snapshot's header: a partition's state is mostly its untiered tail, so it is
-    /// copied once, into the snapshot itself).
-    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String>;
+    /// Serialises the whole state for a snapshot into `out`, which already holds the
+    /// snapshot's header. Big buffers the state holds anyway (a partition's untiered
+    /// batches) go in by reference ([`SnapshotWriter::push_shared`]), not copied.
+    fn write_snapshot(&self, out: &mut SnapshotWriter) -> Result<(), String>;
 
     /// The whole state serialised on its own (see [`ApplyState::write_snapshot`]).
     fn to_snapshot(&self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
+        let mut out = SnapshotWriter::default();
         self.write_snapshot(&mut out)?;
-        Ok(out)
+        Ok(out.finish().concat())
     }
 
     /// Rebuilds the state from [`ApplyState::write_snapshot`] bytes.
@@ -116,14 +116,25 @@ pub fn decode_snapshot(
     Ok((header.meta, &data[9 + len..]))
 }
 
+/// The latest snapshot, and its parts unless it is big and the snapshot store has it (see
+/// [`KEEP_IN_MEMORY_BYTES`]).
+type CurrentSnapshot = (
+    SnapshotMeta<NodeId, openraft::BasicNode>,
+    Option<Vec<Bytes>>,
+);
+
 struct Progress {
     last_applied: Option<LogId>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
-    /// The latest snapshot, shared (not copied) with the snapshot store that persists it:
-    /// a partition's snapshot holds its untiered tail, which can be large.
-    snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Bytes)>,
+    snapshot: Option<CurrentSnapshot>,
     snapshot_seq: u64,
 }
+
+/// A built snapshot bigger than this is not kept in memory once the snapshot store has
+/// it; a follower that needs it gets it from the store. A partition's snapshot holds its
+/// untiered tail by reference, so keeping it would keep every batch it covers in memory
+/// until the next snapshot, after tiering has let them go.
+const KEEP_IN_MEMORY_BYTES: usize = 4 << 20;
 
 /// A `RaftStateMachine` over an [`ApplyState`]; cheap to clone, all clones share state.
 pub struct StateMachine<A: ApplyState> {
@@ -167,16 +178,51 @@ impl<A: ApplyState> StateMachine<A> {
     async fn persist(
         &self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        data: Bytes,
+        parts: Vec<Bytes>,
     ) -> Result<(), String> {
         let Some((group, store)) = &self.store else {
             return Ok(());
         };
         let stored = StoredSnapshot {
             last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-            data,
+            parts,
         };
         store.save(*group, stored).await
+    }
+
+    /// The current snapshot (`meta`) read back from the snapshot store, or a newer one that
+    /// replaced it there meanwhile (with that one's own meta).
+    async fn load_stored(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    ) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let missing = |why: String| {
+            sm_error(
+                ErrorVerb::Read,
+                &format!("snapshot {}: {why}", meta.snapshot_id),
+            )
+        };
+        let Some((group, store)) = &self.store else {
+            return Err(missing("no snapshot store".into()));
+        };
+        let stored = store
+            .load(*group)
+            .await
+            .map_err(missing)?
+            .ok_or_else(|| missing("not in the snapshot store".into()))?;
+        let data = stored.to_bytes();
+        let (stored_meta, _) = decode_snapshot(&data).map_err(missing)?;
+        let index = |m: &SnapshotMeta<NodeId, openraft::BasicNode>| m.last_log_id.map(|l| l.index);
+        if index(&stored_meta) < index(meta) {
+            return Err(missing(format!(
+                "the store holds an older one ({})",
+                stored_meta.snapshot_id
+            )));
+        }
+        Ok(Snapshot {
+            meta: stored_meta,
+            snapshot: Box::new(SnapshotBuf::shared(vec![data])),
+        })
     }
 
     /// Loads a stored snapshot as the current state, before the group's Raft starts.
@@ -190,7 +236,7 @@ impl<A: ApplyState> StateMachine<A> {
             state.adopt(app);
             progress.last_applied = meta.last_log_id;
             progress.membership = meta.last_membership.clone();
-            progress.snapshot = Some((meta.clone(), Bytes::copy_from_slice(data)));
+            progress.snapshot = Some((meta.clone(), Some(vec![Bytes::copy_from_slice(data)])));
         }
         A::applied(&self.state);
         Ok(meta.last_log_id)
@@ -233,16 +279,18 @@ impl<A: ApplyState> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
                 last_membership: progress.membership.clone(),
                 snapshot_id,
             };
-            let mut out = snapshot_head(&meta);
+            let mut out = SnapshotWriter::with_head(snapshot_head(&meta));
             state
                 .write_snapshot(&mut out)
                 .map_err(|e| sm_error(ErrorVerb::Read, &e))?;
-            (meta, Bytes::from(out))
+            (meta, out.finish())
         };
         self.persist(&meta, data.clone())
             .await
             .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
-        self.progress.write().snapshot = Some((meta.clone(), data.clone()));
+        let size: usize = data.iter().map(Bytes::len).sum();
+        let kept = (self.store.is_none() || size <= KEEP_IN_MEMORY_BYTES).then(|| data.clone());
+        self.progress.write().snapshot = Some((meta.clone(), kept));
         Ok(Snapshot {
             meta,
             snapshot: Box::new(SnapshotBuf::shared(data)),
@@ -309,7 +357,7 @@ impl<A: ApplyState> RaftStateMachine<TypeConfig> for StateMachine<A> {
         let data = snapshot.into_bytes();
         let (_, app_bytes) = decode_snapshot(&data).map_err(|e| sm_error(ErrorVerb::Read, &e))?;
         let app = A::from_snapshot(app_bytes).map_err(|e| sm_error(ErrorVerb::Read, &e))?;
-        self.persist(meta, data.clone())
+        self.persist(meta, vec![data.clone()])
             .await
             .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
         {
@@ -318,18 +366,22 @@ impl<A: ApplyState> RaftStateMachine<TypeConfig> for StateMachine<A> {
             state.adopt(app);
             progress.last_applied = meta.last_log_id;
             progress.membership = meta.last_membership.clone();
-            progress.snapshot = Some((meta.clone(), data));
+            progress.snapshot = Some((meta.clone(), Some(vec![data])));
         }
         A::applied(&self.state);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let progress = self.progress.read();
-        Ok(progress.snapshot.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(SnapshotBuf::shared(data.clone())),
-        }))
+        let current = self.progress.read().snapshot.clone();
+        match current {
+            None => Ok(None),
+            Some((meta, Some(parts))) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotBuf::shared(parts)),
+            })),
+            Some((meta, None)) => self.load_stored(&meta).await.map(Some),
+        }
     }
 }
 
@@ -347,9 +399,10 @@ mod tests {
             self.0 += 1;
             CommandResponse::default()
         }
-        fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
-            out.extend_from_slice(&self.0.to_be_bytes());
-            Ok(())
+        fn write_snapshot(&self, out: &mut SnapshotWriter) -> Result<(), String> {
+            use std::io::Write;
+            out.write_all(&self.0.to_be_bytes())
+                .map_err(|e| e.to_string())
         }
         fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {
             let b: [u8; 8] = bytes.try_into().map_err(|_| "bad counter".to_string())?;
@@ -392,5 +445,79 @@ mod tests {
         assert_eq!(restored.map(|l| l.index), Some(42));
         assert_eq!(sm.state().read().0, 7);
         assert_eq!(sm.last_applied().map(|l| l.index), Some(42));
+    }
+
+    /// A state that holds one big shared buffer, like a partition's untiered tail.
+    struct Blob(Bytes);
+
+    impl ApplyState for Blob {
+        fn apply(&mut self, _log_id: &LogId, _command: &Command) -> CommandResponse {
+            CommandResponse::default()
+        }
+        fn write_snapshot(&self, out: &mut SnapshotWriter) -> Result<(), String> {
+            out.push_shared(self.0.clone());
+            Ok(())
+        }
+        fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {
+            Ok(Blob(Bytes::copy_from_slice(bytes)))
+        }
+    }
+
+    #[derive(Default)]
+    struct MemStore(parking_lot::Mutex<Option<StoredSnapshot>>);
+
+    impl SnapshotStore for MemStore {
+        fn save(
+            &self,
+            _group: GroupId,
+            snapshot: StoredSnapshot,
+        ) -> futures::future::BoxFuture<'_, Result<(), String>> {
+            // Stored joined, as a file would hold it.
+            let parts = vec![snapshot.to_bytes()];
+            *self.0.lock() = Some(StoredSnapshot { parts, ..snapshot });
+            Box::pin(async { Ok(()) })
+        }
+        fn load(
+            &self,
+            _group: GroupId,
+        ) -> futures::future::BoxFuture<'_, Result<Option<StoredSnapshot>, String>> {
+            let stored = self.0.lock().clone();
+            Box::pin(async move { Ok(stored) })
+        }
+    }
+
+    /// A big snapshot is built without copying the state's buffer, is not kept in memory
+    /// once stored, and is read back from the store for a follower.
+    #[tokio::test]
+    async fn a_big_snapshot_is_served_from_the_store() {
+        use tokio::io::AsyncReadExt;
+        let blob = Bytes::from(vec![5u8; KEEP_IN_MEMORY_BYTES + 1]);
+        let store = Arc::new(MemStore::default());
+        let mut sm = StateMachine::new(Blob(blob.clone())).with_store(7, store.clone());
+        let built = sm.build_snapshot().await.expect("build");
+        assert!(
+            matches!(&sm.progress.read().snapshot, Some((_, None))),
+            "not kept in memory"
+        );
+        let stored = store.0.lock().clone().expect("stored");
+        let stored_bytes = stored.to_bytes();
+        let (_, app) = decode_snapshot(&stored_bytes).expect("decode");
+        assert_eq!(app, &blob[..]);
+        let mut current = sm
+            .get_current_snapshot()
+            .await
+            .expect("current")
+            .expect("a snapshot");
+        assert_eq!(current.meta, built.meta);
+        let mut read = Vec::new();
+        current.snapshot.read_to_end(&mut read).await.expect("read");
+        assert_eq!(read, stored_bytes);
+        // Without a store, the snapshot stays in memory.
+        let mut alone = StateMachine::new(Blob(blob));
+        alone.build_snapshot().await.expect("build");
+        assert!(matches!(
+            &alone.progress.read().snapshot,
+            Some((_, Some(_)))
+        ));
     }
 }

@@ -88,16 +88,30 @@ impl From<Bytes> for WrappedSnapshot {
 
 /// Wraps a snapshot payload into one buffer. See [`wrap_snapshot`].
 pub fn encode_snapshot(group: u64, seq: u64, incarnation: &str, payload: &[u8]) -> Bytes {
-    wrap_snapshot(group, seq, incarnation, Bytes::copy_from_slice(payload)).to_bytes()
+    wrap_snapshot(
+        group,
+        seq,
+        incarnation,
+        vec![Bytes::copy_from_slice(payload)],
+    )
+    .to_bytes()
 }
 
-/// Wraps a snapshot payload; a payload that does not compress is shared, not copied.
-/// Pure CPU work (zstd, crc): use `spawn_blocking` for big payloads.
-pub fn wrap_snapshot(group: u64, seq: u64, incarnation: &str, payload: Bytes) -> WrappedSnapshot {
-    let (codec, stored) = match compressed(&payload) {
-        Some(c) => (CODEC_ZSTD, Bytes::from(c)),
-        None => (CODEC_NONE, payload.clone()),
+/// Wraps a snapshot payload, given as parts to be joined; a payload that does not
+/// compress is stored as those parts, not copied. Pure CPU work (zstd, crc): use
+/// `spawn_blocking` for big payloads.
+pub fn wrap_snapshot(
+    group: u64,
+    seq: u64,
+    incarnation: &str,
+    payload: Vec<Bytes>,
+) -> WrappedSnapshot {
+    let raw_len: usize = payload.iter().map(Bytes::len).sum();
+    let (codec, stored) = match compressed(&payload, raw_len) {
+        Some(c) => (CODEC_ZSTD, vec![Bytes::from(c)]),
+        None => (CODEC_NONE, payload),
     };
+    let stored_len: usize = stored.iter().map(Bytes::len).sum();
     // An incarnation id is a UUID; a longer one is cut at a char boundary to fit a u16.
     let mut inc = incarnation;
     while inc.len() > usize::from(u16::MAX) {
@@ -114,34 +128,56 @@ pub fn wrap_snapshot(group: u64, seq: u64, incarnation: &str, payload: Bytes) ->
     head.put_u64(seq);
     head.put_u16(inc.len() as u16);
     head.put_slice(inc.as_bytes());
-    head.put_u64(payload.len() as u64);
+    head.put_u64(raw_len as u64);
     head.put_u8(codec);
-    head.put_u64(stored.len() as u64);
+    head.put_u64(stored_len as u64);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head);
-    crc.update(&stored);
-    let crc = Bytes::copy_from_slice(&crc.finalize().to_be_bytes());
-    WrappedSnapshot {
-        parts: vec![head.freeze(), stored, crc],
+    for part in &stored {
+        crc.update(part);
     }
+    let crc = Bytes::copy_from_slice(&crc.finalize().to_be_bytes());
+    let mut parts = Vec::with_capacity(stored.len() + 2);
+    parts.push(head.freeze());
+    parts.extend(stored);
+    parts.push(crc);
+    WrappedSnapshot { parts }
 }
 
-/// The payload as one zstd frame, if zstd saves a tenth of it (judged on a sample of its
-/// end when it is big).
-fn compressed(payload: &[u8]) -> Option<Vec<u8>> {
+/// The payload (`parts` joined, `len` bytes) as one zstd frame, if zstd saves a tenth of
+/// it (judged on a sample of its end when it is big).
+fn compressed(parts: &[Bytes], len: usize) -> Option<Vec<u8>> {
+    use std::io::Write;
     let pays = |raw: usize, packed: usize| packed * 10 <= raw * 9;
-    let sample = &payload[payload.len().saturating_sub(SAMPLE_BYTES)..];
+    // The last SAMPLE_BYTES of the payload, gathered from the end of its parts.
+    let mut sample = Vec::with_capacity(SAMPLE_BYTES.min(len));
+    for part in parts.iter().rev() {
+        let want = SAMPLE_BYTES - sample.len();
+        let take = &part[part.len().saturating_sub(want)..];
+        let mut joined = take.to_vec();
+        joined.extend_from_slice(&sample);
+        sample = joined;
+        if sample.len() == SAMPLE_BYTES {
+            break;
+        }
+    }
     // zstd compresses into memory unless its parameters are invalid; if it ever fails,
     // the payload is stored as is.
-    let packed = zstd::bulk::compress(sample, ZSTD_LEVEL).ok()?;
+    let packed = zstd::bulk::compress(&sample, ZSTD_LEVEL).ok()?;
     if !pays(sample.len(), packed.len()) {
         return None;
     }
-    if sample.len() == payload.len() {
+    if sample.len() == len {
         return Some(packed);
     }
-    let packed = zstd::bulk::compress(payload, ZSTD_LEVEL).ok()?;
-    pays(payload.len(), packed.len()).then_some(packed)
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).ok()?;
+    encoder.include_contentsize(true).ok()?;
+    encoder.set_pledged_src_size(Some(len as u64)).ok()?;
+    for part in parts {
+        encoder.write_all(part).ok()?;
+    }
+    let packed = encoder.finish().ok()?;
+    pays(len, packed.len()).then_some(packed)
 }
 
 /// Unwraps a snapshot: `(group, seq, incarnation, payload)`.
@@ -345,28 +381,40 @@ mod tests {
         );
     }
 
-    /// A payload that zstd cannot shrink is stored as is and shared with the caller;
+    /// A payload that zstd cannot shrink is stored as its parts, shared with the caller;
     /// one that compresses is compressed, also when only its end does.
     #[test]
     fn compresses_only_when_it_pays() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let random: Vec<u8> = (0..(1 << 20)).map(|_| rng.gen()).collect();
-        let payload = Bytes::from(random);
-        let wrapped = wrap_snapshot(1, 1, "inc", payload.clone());
-        assert!(wrapped
-            .parts()
-            .iter()
-            .any(|p| p.as_ptr() == payload.as_ptr()));
-        assert_eq!(wrapped.len(), payload.len() + FIXED_LEN + 3);
+        let mut random = || -> Bytes { (0..(300 << 10)).map(|_| rng.gen::<u8>()).collect() };
+        let parts = vec![Bytes::from_static(b"{\"json\": 1}"), random(), random()];
+        let joined: Vec<u8> = parts.concat();
+        let wrapped = wrap_snapshot(1, 1, "inc", parts.clone());
+        for part in &parts {
+            assert!(
+                wrapped.parts().iter().any(|p| p.as_ptr() == part.as_ptr()),
+                "shared"
+            );
+        }
+        assert_eq!(wrapped.len(), joined.len() + FIXED_LEN + 3);
         let (_, _, _, back) = decode_snapshot(&wrapped.to_bytes()).expect("decode");
-        assert_eq!(back, payload);
+        assert_eq!(back.as_ref(), joined.as_slice());
 
-        let mut text = b"{\"json\": 1}".to_vec();
-        text.extend(b"tail data tail data ".repeat(100_000));
-        let wrapped = wrap_snapshot(1, 1, "inc", Bytes::from(text.clone()));
-        assert!(wrapped.len() < text.len() / 10);
+        let text = |n| Bytes::from(b"tail data tail data ".repeat(n));
+        let parts = vec![random(), text(10_000), text(20_000)];
+        let joined: Vec<u8> = parts.concat();
+        let wrapped = wrap_snapshot(1, 1, "inc", parts);
+        assert!(wrapped.len() < joined.len() / 2, "compressed");
         let (_, _, _, back) = decode_snapshot(&wrapped.to_bytes()).expect("decode");
-        assert_eq!(back.as_ref(), text.as_slice());
+        assert_eq!(back.as_ref(), joined.as_slice());
+
+        let small = vec![
+            Bytes::from_static(b"ab"),
+            Bytes::from_static(b"abababababababab"),
+        ];
+        let (_, _, _, back) =
+            decode_snapshot(&wrap_snapshot(1, 1, "", small).to_bytes()).expect("decode");
+        assert_eq!(back.as_ref(), b"ababababababababab");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use chronik_metastore::snapshot_buf::SnapshotWriter;
 use chronik_metastore::state_machine::ApplyState;
 use chronik_metastore::types::{Command, CommandResponse, LogId};
 
@@ -596,14 +597,15 @@ impl ApplyState for PartitionLog {
     }
 
     /// `u32 BE length | JSON of the state | the tail batches' bytes, in order`.
-    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+    fn write_snapshot(&self, out: &mut SnapshotWriter) -> Result<(), String> {
+        use std::io::Write;
         let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
-        let tail: usize = self.batches.iter().map(|b| b.data.len()).sum();
-        out.reserve_exact(4 + json.len() + tail);
-        out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-        out.extend_from_slice(&json);
+        out.write_all(&(json.len() as u32).to_be_bytes())
+            .and_then(|()| out.write_all(&json))
+            .map_err(|e| e.to_string())?;
+        // The untiered batches go in as the shared buffers they are, not copied.
         for b in &self.batches {
-            out.extend_from_slice(&b.data);
+            out.push_shared(b.data.clone());
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+use crate::snapshot_buf::SnapshotWriter;
 use crate::state_machine::ApplyState;
 use crate::types::{Command, CommandResponse, LogId};
 
@@ -52,7 +53,7 @@ impl ApplyState for MetadataState {
         ))
     }
 
-    fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), String> {
+    fn write_snapshot(&self, out: &mut SnapshotWriter) -> Result<(), String> {
         serde_json::to_writer(out, self.current.as_ref()).map_err(|e| e.to_string())
     }
 

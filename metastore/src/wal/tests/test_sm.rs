@@ -35,7 +35,7 @@ impl RaftSnapshotBuilder<TypeConfig> for TestSm {
         s.snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(SnapshotBuf::shared(data.into())),
+            snapshot: Box::new(SnapshotBuf::shared(vec![data.into()])),
         })
     }
 }
@@ -91,7 +91,7 @@ impl RaftStateMachine<TypeConfig> for TestSm {
         let s = self.0.lock();
         Ok(s.snapshot.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
-            snapshot: Box::new(SnapshotBuf::shared(data.clone().into())),
+            snapshot: Box::new(SnapshotBuf::shared(vec![data.clone().into()])),
         }))
     }
 }
