@@ -125,7 +125,7 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     tiering_chunk_bytes: Option<u64>,
-    /// Untiered bytes past which produce waits, then fails retriably [default: 268435456].
+    /// Untiered bytes past which produce waits, then fails retriably [default: 134217728].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_untiered_bytes: Option<u64>,
