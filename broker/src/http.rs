@@ -78,6 +78,8 @@ impl Broker {
             wal_fsyncs: w.fsyncs,
             wal_fsync_micros_total: w.fsync_micros_total,
             wal_fsync_micros_max: w.fsync_micros_max,
+            wal_writes: w.writes,
+            wal_write_micros_total: w.write_micros_total,
         }
     }
 

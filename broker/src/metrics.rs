@@ -86,6 +86,8 @@ pub struct Gauges {
     pub wal_fsyncs: u64,
     pub wal_fsync_micros_total: u64,
     pub wal_fsync_micros_max: u64,
+    pub wal_writes: u64,
+    pub wal_write_micros_total: u64,
 }
 
 impl Metrics {
@@ -213,6 +215,16 @@ impl Metrics {
             "gauge",
             "chronik_wal_fsync_seconds_max",
             (g.wal_fsync_micros_max as f64 / 1e6).to_string(),
+        );
+        line(
+            "counter",
+            "chronik_wal_writes_total",
+            g.wal_writes.to_string(),
+        );
+        line(
+            "counter",
+            "chronik_wal_write_seconds_total",
+            (g.wal_write_micros_total as f64 / 1e6).to_string(),
         );
         out
     }

@@ -104,6 +104,10 @@ pub struct WalStats {
     pub fsyncs: u64,
     pub fsync_micros_total: u64,
     pub fsync_micros_max: u64,
+    /// Batch writes into segment files (a group commit is one, or one per segment it
+    /// spans), and their total time.
+    pub writes: u64,
+    pub write_micros_total: u64,
 }
 
 /// The node WAL. Cheap to clone; the writer thread stops when the last clone is dropped.
@@ -239,6 +243,8 @@ impl Wal {
             fsyncs: io.fsyncs.load(Ordering::Relaxed),
             fsync_micros_total: io.fsync_micros_total.load(Ordering::Relaxed),
             fsync_micros_max: io.fsync_micros_max.load(Ordering::Relaxed),
+            writes: io.writes.load(Ordering::Relaxed),
+            write_micros_total: io.write_micros_total.load(Ordering::Relaxed),
         }
     }
 

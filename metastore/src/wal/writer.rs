@@ -119,6 +119,9 @@ pub(crate) struct WriterShared {
     pub synced: Mutex<(u64, u64)>,
     pub fsyncs: AtomicU64,
     pub fsync_micros_total: AtomicU64,
+    /// Writes of a batch into a segment file, and the time they took.
+    pub writes: AtomicU64,
+    pub write_micros_total: AtomicU64,
     pub fsync_micros_max: AtomicU64,
     /// The first I/O error; set once, never cleared.
     pub failed: Mutex<Option<String>>,
@@ -293,6 +296,7 @@ impl Writer {
             return false;
         }
         if self.failed().is_none() {
+            let start = Instant::now();
             let written = match &mut self.direct {
                 Some(direct) => match direct.write(&self.file, self.segment_end, bufs) {
                     Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
@@ -309,6 +313,11 @@ impl Writer {
                 },
                 None => write_all_vectored(&mut self.file, bufs),
             };
+            let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.shared.writes.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .write_micros_total
+                .fetch_add(micros, Ordering::Relaxed);
             if let Err(e) = written {
                 let p = segment::path(&self.dir, self.segment);
                 self.fail(format!("write {}: {e}", p.display()));
