@@ -150,17 +150,18 @@ fn compressed(parts: &[Bytes], len: usize) -> Option<Vec<u8>> {
     use std::io::Write;
     let pays = |raw: usize, packed: usize| packed * 10 <= raw * 9;
     // The last SAMPLE_BYTES of the payload, gathered from the end of its parts.
-    let mut sample = Vec::with_capacity(SAMPLE_BYTES.min(len));
+    let mut tail: Vec<&[u8]> = Vec::new();
+    let mut have = 0;
     for part in parts.iter().rev() {
-        let want = SAMPLE_BYTES - sample.len();
-        let take = &part[part.len().saturating_sub(want)..];
-        let mut joined = take.to_vec();
-        joined.extend_from_slice(&sample);
-        sample = joined;
-        if sample.len() == SAMPLE_BYTES {
+        if have == SAMPLE_BYTES {
             break;
         }
+        let take = &part[part.len().saturating_sub(SAMPLE_BYTES - have)..];
+        have += take.len();
+        tail.push(take);
     }
+    tail.reverse();
+    let sample = tail.concat();
     // zstd compresses into memory unless its parameters are invalid; if it ever fails,
     // the payload is stored as is.
     let packed = zstd::bulk::compress(&sample, ZSTD_LEVEL).ok()?;

@@ -300,15 +300,7 @@ pub fn last_synced_frame(
             let Some(frame) = buf.get(start..start + frame_len as usize) else {
                 continue;
             };
-            let mut h = [0u8; FRAME_HEADER_LEN as usize];
-            h.copy_from_slice(&frame[..FRAME_HEADER_LEN as usize]);
-            let (len, crc) = parse_frame_header(h);
-            let payload = &frame[FRAME_HEADER_LEN as usize..];
-            if len != format::SYNCED_PAYLOAD_LEN || !format::crc_matches(payload, crc, salt) {
-                continue;
-            }
-            let Ok((_, format::Record::Synced { segment, offset })) =
-                format::decode_payload(payload)
+            let Ok((_, format::Record::Synced { segment, offset })) = check_frame(frame, salt)
             else {
                 continue;
             };
@@ -332,28 +324,23 @@ pub fn read_frame(
 ) -> Result<(GroupId, format::Record), WalError> {
     let name = file_name(segment);
     let mut buf = vec![0u8; usize::try_from(frame_len).unwrap_or(0)];
-    if buf.len() < FRAME_HEADER_LEN as usize {
-        return Err(WalError::corrupt(
-            &name,
-            offset,
-            "frame shorter than header",
-        ));
-    }
     f.read_exact_at(&mut buf, offset)
         .map_err(|e| WalError::io("read frame", name.clone(), e))?;
-    let mut h = [0u8; FRAME_HEADER_LEN as usize];
-    h.copy_from_slice(&buf[..FRAME_HEADER_LEN as usize]);
-    let (len, crc) = parse_frame_header(h);
-    let payload = &buf[FRAME_HEADER_LEN as usize..];
+    check_frame(&buf, salt).map_err(|reason| WalError::corrupt(&name, offset, reason))
+}
+
+/// Checks and decodes `buf`, which must be exactly one whole frame that checks out with
+/// `salt`; the error says what does not.
+fn check_frame(buf: &[u8], salt: u32) -> Result<(GroupId, format::Record), String> {
+    let Some((head, payload)) = buf.split_first_chunk::<{ FRAME_HEADER_LEN as usize }>() else {
+        return Err("frame shorter than header".into());
+    };
+    let (len, crc) = parse_frame_header(*head);
     if len as usize != payload.len() {
-        return Err(WalError::corrupt(
-            &name,
-            offset,
-            "frame length changed on disk",
-        ));
+        return Err("frame length changed on disk".into());
     }
     if !format::crc_matches(payload, crc, salt) {
-        return Err(WalError::corrupt(&name, offset, "crc mismatch"));
+        return Err("crc mismatch".into());
     }
-    format::decode_payload(payload).map_err(|e| WalError::corrupt(&name, offset, e.to_string()))
+    format::decode_payload(payload).map_err(|e| e.to_string())
 }

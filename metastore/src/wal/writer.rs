@@ -59,6 +59,11 @@ fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
     Ok(())
 }
 
+/// Microseconds since `start`, for the counters.
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Who to tell when a job is durable.
 pub(crate) enum Completion {
     Notify(oneshot::Sender<Result<(), String>>),
@@ -119,10 +124,10 @@ pub(crate) struct WriterShared {
     pub synced: Mutex<(u64, u64)>,
     pub fsyncs: AtomicU64,
     pub fsync_micros_total: AtomicU64,
+    pub fsync_micros_max: AtomicU64,
     /// Writes of a batch into a segment file, and the time they took.
     pub writes: AtomicU64,
     pub write_micros_total: AtomicU64,
-    pub fsync_micros_max: AtomicU64,
     /// The first I/O error; set once, never cleared.
     pub failed: Mutex<Option<String>>,
 }
@@ -313,7 +318,7 @@ impl Writer {
                 },
                 None => write_all_vectored(&mut self.file, bufs),
             };
-            let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let micros = micros_since(start);
             self.shared.writes.fetch_add(1, Ordering::Relaxed);
             self.shared
                 .write_micros_total
@@ -343,7 +348,7 @@ impl Writer {
                 let p = segment::path(&self.dir, self.segment);
                 self.fail(format!("fsync {}: {e}", p.display()));
             } else {
-                let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let micros = micros_since(start);
                 self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.shared
                     .fsync_micros_total
