@@ -112,7 +112,15 @@ pub(crate) struct SegmentReader {
 }
 
 /// Dead segments kept to be recycled into new ones (each up to a segment's size on disk).
-pub const MAX_SPARES: usize = 2;
+///
+/// Segments die in bursts: one is dead only once every group with entries in it has
+/// snapshotted and purged, so at full ingest the segments written during a snapshot
+/// interval die together. The next interval's rolls need as many spares, and each one
+/// missing is a segment zero-filled from scratch: with 2 kept, a 6-partition producer at
+/// about 500 MB/s zero-filled 18 segments per 47 written, 0.4 GB of extra writes per GB.
+/// 8 covers an interval (1 s) at the ingest this broker reaches on 2 cores; the price is
+/// that the WAL directory keeps up to 8 dead segments' worth of disk after a burst.
+pub const MAX_SPARES: usize = 8;
 
 /// Counters and flags shared between the writer and WAL handles.
 #[derive(Debug, Default)]
