@@ -161,27 +161,29 @@ impl Tier {
     /// snapshot is at least an interval old — so the bucket's copy of the manifest trails
     /// the tiered data by at most one interval, without a snapshot upload per chunk.
     async fn snapshot_if_due(&self, p: &Partition, on_clock: bool) {
+        if !self.snapshot_due(p, on_clock) {
+            return;
+        }
+        self.snapshotted
+            .lock()
+            .insert(p.group, tokio::time::Instant::now());
+        let _ = p.raft.trigger().snapshot().await;
+    }
+
+    /// Whether [`Tiering::snapshot_if_due`] would snapshot the partition now.
+    fn snapshot_due(&self, p: &Partition, on_clock: bool) -> bool {
         let (applied, snapshot) = {
             let m = p.raft.metrics();
             let m = m.borrow();
             (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
         };
         if applied <= snapshot {
-            return;
+            return false;
         }
-        let now = tokio::time::Instant::now();
-        {
-            let mut last = self.snapshotted.lock();
-            if !on_clock
-                && last
-                    .get(&p.group)
-                    .is_some_and(|t| now.duration_since(*t) < self.config.interval)
-            {
-                return;
-            }
-            last.insert(p.group, now);
-        }
-        let _ = p.raft.trigger().snapshot().await;
+        on_clock
+            || self.snapshotted.lock().get(&p.group).is_none_or(|t| {
+                tokio::time::Instant::now().duration_since(*t) >= self.config.interval
+            })
     }
 
     pub fn cache(&self) -> &ChunkCache {
@@ -339,29 +341,31 @@ impl Tier {
         failed
     }
 
-    /// Ships everything untiered when the step starts (on a step woken early, only whole
-    /// chunks unless the node is under pressure), one chunk per `chunk_bytes`, then
-    /// snapshots the partition once (its tail is smallest now) so the WAL can be purged.
-    /// If a whole chunk or more arrived while shipping (a producer that pipelines many
-    /// requests), that is shipped too before the snapshot, for up to one interval: a
-    /// snapshot carries the untiered tail, and at hundreds of MB it cost more memory and
-    /// CPU than the shipping it held up. `Ok(true)` when a chunk was tiered.
+    /// Ships a partition's untiered tail, then snapshots it so the WAL can be purged.
+    ///
+    /// Whole chunks go first, for as long as a whole chunk or more is waiting (a producer
+    /// that pipelines many requests keeps adding them), up to one interval. Then, on the
+    /// interval's own step, under pressure, or when a snapshot is due, the partial rest
+    /// goes as one more chunk, last, right before the snapshot: a snapshot carries the
+    /// untiered tail to the local store and to the bucket, so shipping the rest first
+    /// leaves it only what arrived during that one upload, instead of up to a chunk and
+    /// more (6 partitions at full ingest: 61 MB of snapshots per 3 GB, was 110 MB). On a
+    /// step woken early only whole chunks go. `Ok(true)` when a chunk was tiered.
     async fn tier_partition(&self, p: &Arc<Partition>, on_clock: bool) -> Result<bool, String> {
         let started = tokio::time::Instant::now();
         let chunk_bytes = self.config.chunk_bytes as u64;
-        let mut whole_chunks_only = !on_clock && !self.under_pressure();
-        if whole_chunks_only && p.log.read().untiered_bytes() < chunk_bytes {
+        let may_ship_partial = on_clock || self.under_pressure();
+        if !may_ship_partial && p.log.read().untiered_bytes() < chunk_bytes {
             return Ok(false);
         }
         let mut tiered = false;
         loop {
-            match self.ship(p, whole_chunks_only).await? {
-                Shipped::Nothing if !tiered && whole_chunks_only => return Ok(false),
+            match self.ship(p, true).await? {
                 Shipped::Nothing => break,
                 Shipped::Chunks => tiered = true,
                 Shipped::Stopped => {
-                    tiered = true;
-                    break;
+                    self.snapshot_if_due(p, on_clock).await;
+                    return Ok(true);
                 }
             }
             if p.log.read().untiered_bytes() < chunk_bytes
@@ -369,7 +373,11 @@ impl Tier {
             {
                 break;
             }
-            whole_chunks_only = true;
+        }
+        if may_ship_partial || (tiered && self.snapshot_due(p, on_clock)) {
+            tiered |= !matches!(self.ship(p, false).await?, Shipped::Nothing);
+        } else if !tiered {
+            return Ok(false);
         }
         self.snapshot_if_due(p, on_clock).await;
         Ok(tiered)
