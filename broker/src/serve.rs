@@ -121,11 +121,9 @@ pub async fn open_with(
         NodeConfig {
             node_id: config.node_id,
             wal: WalConfig {
-                dir: config.data_dir.join("wal"),
                 segment_bytes: config.wal_segment_bytes,
                 fsync: config.fsync_policy()?,
-                prepare_spares: true,
-                direct_io: true,
+                ..WalConfig::new(config.data_dir.join("wal"))
             },
             raft: RaftTimings {
                 heartbeat_interval_ms: config.raft_heartbeat_interval_ms,

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -79,6 +80,9 @@ pub struct WalConfig {
     pub prepare_spares: bool,
     /// Write segments with direct I/O where the filesystem has it (see `direct`).
     pub direct_io: bool,
+    /// Spares kept beyond [`writer::MIN_SPARES`] after a burst are deleted once no
+    /// segment has rolled for this long.
+    pub spares_idle_ttl: Duration,
 }
 
 impl WalConfig {
@@ -90,9 +94,13 @@ impl WalConfig {
             fsync: FsyncPolicy::Always,
             prepare_spares: true,
             direct_io: true,
+            spares_idle_ttl: DEFAULT_SPARES_IDLE_TTL,
         }
     }
 }
+
+/// See [`WalConfig::spares_idle_ttl`].
+pub const DEFAULT_SPARES_IDLE_TTL: Duration = Duration::from_secs(60);
 
 /// Plain counters about the WAL.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -175,6 +183,8 @@ impl Wal {
             segment_bytes: config.segment_bytes,
             segment_end,
             prepare_spares: config.prepare_spares,
+            spares_idle_ttl: config.spares_idle_ttl,
+            last_roll: std::time::Instant::now(),
             preparing: None,
             prepared: 0,
             direct,

@@ -118,9 +118,13 @@ pub(crate) struct SegmentReader {
 /// interval die together. The next interval's rolls need as many spares, and each one
 /// missing is a segment zero-filled from scratch: with 2 kept, a 6-partition producer at
 /// about 500 MB/s zero-filled 18 segments per 47 written, 0.4 GB of extra writes per GB.
-/// 8 covers an interval (1 s) at the ingest this broker reaches on 2 cores; the price is
-/// that the WAL directory keeps up to 8 dead segments' worth of disk after a burst.
+/// 8 covers an interval (1 s) at the ingest this broker reaches on 2 cores. The price is
+/// disk: up to 8 dead segments while segments keep rolling, and [`MIN_SPARES`] once none
+/// has rolled for `spares_idle_ttl`.
 pub const MAX_SPARES: usize = 8;
+
+/// Spares kept however long the WAL idles: what a steady trickle of rolls needs.
+pub const MIN_SPARES: usize = 2;
 
 /// Counters and flags shared between the writer and WAL handles.
 #[derive(Debug, Default)]
@@ -159,6 +163,10 @@ pub(crate) struct Writer {
     pub segment_end: u64,
     /// Whether to prepare a spare when none is left (see [`segment::prepare_spare`]).
     pub prepare_spares: bool,
+    /// Spares over [`MIN_SPARES`] are deleted once no segment rolled for this long.
+    pub spares_idle_ttl: Duration,
+    /// When a segment last rolled (or the WAL opened).
+    pub last_roll: Instant,
     /// The spare being prepared in the background, if any: `Ok(None)` when the
     /// filesystem has no direct I/O.
     pub preparing: Option<JoinHandle<Result<Option<PathBuf>, WalError>>>,
@@ -196,9 +204,13 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
-                match self.rx.recv() {
+                match self.rx.recv_timeout(self.spares_idle_ttl) {
                     Ok(job) => job,
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.trim_idle_spares();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
             let mut batch = vec![first];
@@ -485,6 +497,7 @@ impl Writer {
                 self.file = f;
                 self.segment = next;
                 self.segment_end = SEGMENT_HEADER_LEN;
+                self.last_roll = Instant::now();
             }
             Err(e) => return self.fail(e.to_string()),
         }
@@ -495,6 +508,25 @@ impl Writer {
                 Ok(None) => self.direct = None,
                 Err(e) => self.fail(format!("switch {} to direct I/O: {e}", path.display())),
             }
+        }
+    }
+
+    /// After a burst, the spares over [`MIN_SPARES`] are disk held for a burst that may
+    /// not come again: deleted once no segment has rolled for `spares_idle_ttl`.
+    fn trim_idle_spares(&mut self) {
+        if self.spares.len() <= MIN_SPARES
+            || self.last_roll.elapsed() < self.spares_idle_ttl
+            || self.failed().is_some()
+        {
+            return;
+        }
+        for spare in self.spares.drain(MIN_SPARES..) {
+            if let Err(e) = std::fs::remove_file(&spare) {
+                tracing::warn!(path = %spare.display(), error = %e, "wal: could not delete a spare");
+            }
+        }
+        if let Err(e) = segment::sync_dir(&self.dir) {
+            tracing::warn!(error = %e, "wal: fsync dir after deleting spares");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Reopen, torn-tail, corruption, roll, purge and drop tests.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{RaftLogReader, Vote};
@@ -18,11 +19,11 @@ fn open(dir: &Path, segment_bytes: u64) -> Wal {
 /// Opens a WAL that fsyncs every batch, with spare preparation and direct I/O as given.
 fn open_with(dir: &Path, segment_bytes: u64, prepare_spares: bool, direct_io: bool) -> Wal {
     Wal::open(WalConfig {
-        dir: dir.to_path_buf(),
         segment_bytes,
         fsync: FsyncPolicy::Always,
         prepare_spares,
         direct_io,
+        ..WalConfig::new(dir)
     })
     .expect("open wal")
 }
@@ -143,11 +144,11 @@ async fn reopen_recovers_all_groups() {
 async fn entries_readable_when_append_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(WalConfig {
-        dir: dir.path().to_path_buf(),
         segment_bytes: 1 << 20,
         fsync: FsyncPolicy::IntervalMs(50),
         prepare_spares: false,
         direct_io: true,
+        ..WalConfig::new(dir.path())
     })
     .expect("open");
     append_range(&wal, 4, 1, 1..=3).await;
@@ -466,11 +467,11 @@ async fn dropped_group_is_not_recovered() {
 async fn never_policy_completes_without_fsync() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(WalConfig {
-        dir: dir.path().to_path_buf(),
         segment_bytes: 1 << 20,
         fsync: FsyncPolicy::Never,
         prepare_spares: false,
         direct_io: true,
+        ..WalConfig::new(dir.path())
     })
     .expect("open");
     append_range(&wal, 0, 1, 1..=5).await;
@@ -580,6 +581,45 @@ async fn a_burst_of_dead_segments_is_kept_for_recycling() {
         );
         next += 1;
     }
+}
+
+/// After a burst, the spares over the minimum are deleted once no segment has rolled for
+/// `spares_idle_ttl`; the ones left are still recycled.
+#[tokio::test]
+async fn spares_over_the_minimum_go_once_the_wal_idles() {
+    use crate::wal::writer::MIN_SPARES;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(WalConfig {
+        segment_bytes: 300,
+        prepare_spares: false,
+        direct_io: false,
+        spares_idle_ttl: Duration::from_millis(300),
+        ..WalConfig::new(dir.path())
+    })
+    .expect("open");
+    let mut s = wal.log_store(3);
+    append_range(&wal, 3, 1, 10..=99).await;
+    s.purge(log_id(1, 90)).await.expect("purge");
+    assert!(spares(dir.path()) > MIN_SPARES, "a burst of spares");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while spares(dir.path()) > MIN_SPARES {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spares were not trimmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(spares(dir.path()), MIN_SPARES);
+    let files = std::fs::read_dir(dir.path()).expect("read dir").count();
+    append_range(&wal, 3, 1, 100..=103).await;
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("read dir").count(),
+        files,
+        "a roll took a spare"
+    );
+    drop((s, wal));
+    let wal = open(dir.path(), 300);
+    assert_eq!(indexes(&wal, 3).await, (91..=103).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -697,11 +737,11 @@ async fn damage_inside_a_recycled_segment_fails_open() {
     bytes[spans[2].0 + 8 + 20] ^= 0x01;
     std::fs::write(&tail, &bytes).expect("write");
     let err = Wal::open(WalConfig {
-        dir: dir.path().to_path_buf(),
         segment_bytes: 300,
         fsync: FsyncPolicy::Always,
         prepare_spares: false,
         direct_io: true,
+        ..WalConfig::new(dir.path())
     })
     .err()
     .expect("open must fail");

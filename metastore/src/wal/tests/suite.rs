@@ -18,11 +18,10 @@ impl StoreBuilder<TypeConfig, WalLogStore, TestSm, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, WalLogStore, TestSm), StorageError> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         let wal = Wal::open(WalConfig {
-            dir: dir.path().join("wal"),
             segment_bytes: self.segment_bytes,
             fsync: self.fsync,
-            prepare_spares: true,
             direct_io: self.direct_io,
+            ..WalConfig::new(dir.path().join("wal"))
         })
         .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         // Another group's state shares the WAL, as on a real node.
