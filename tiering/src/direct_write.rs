@@ -14,6 +14,14 @@
 //! without direct I/O (older tmpfs, some network filesystems) refuse the open or the first
 //! write with `EINVAL`; [`DirectWriter::write_new`] then reports [`Unsupported`] and the
 //! caller writes the ordinary way.
+//!
+//! The file is also opened `O_DSYNC`, so each write reaches stable storage before the
+//! next. The object is synced at the end anyway, but a bucket directory on the WAL's disk
+//! shares the device's write cache with it: without `O_DSYNC`, up to a chunk of the
+//! bucket's bytes sat in that cache between its writes and its sync, and every WAL
+//! `fdatasync` in between had to flush them too. Interleaved A/B runs (1 GB, 6 each):
+//! with 6 partitions the WAL's fsync went from 0.65 to 0.58 ms and produce throughput from
+//! 462 to 507 MB/s; with 1 partition no change in throughput.
 
 use std::fs::File;
 use std::io::Write;
@@ -68,6 +76,7 @@ impl DirectWriter {
             rustix::fs::OFlags::WRONLY
                 | rustix::fs::OFlags::CREATE
                 | rustix::fs::OFlags::EXCL
+                | rustix::fs::OFlags::DSYNC
                 | rustix::fs::OFlags::DIRECT
                 | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::from_bits_truncate(0o644),
