@@ -183,6 +183,7 @@ impl Writer {
         let mut dirty = false;
         let mut last_sync = Instant::now();
         loop {
+            self.trim_idle_spares();
             // Under `Always`, written data that nobody waits for (a committed-index
             // record) rides along with the next fsync instead of costing one of its own.
             let sync_deadline = match self.policy {
@@ -203,14 +204,17 @@ impl Writer {
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
-            } else {
-                match self.rx.recv_timeout(self.spares_idle_ttl) {
+            } else if let Some(wait) = self.until_spares_trim() {
+                match self.rx.recv_timeout(wait) {
                     Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.trim_idle_spares();
-                        continue;
-                    }
+                    // The top of the loop trims them.
+                    Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
                 }
             };
             let mut batch = vec![first];
@@ -511,9 +515,19 @@ impl Writer {
         }
     }
 
+    /// How long until [`Writer::trim_idle_spares`] would delete spares, if it ever will
+    /// without another roll.
+    fn until_spares_trim(&self) -> Option<Duration> {
+        (self.spares.len() > MIN_SPARES && self.failed().is_none()).then(|| {
+            (self.last_roll + self.spares_idle_ttl).saturating_duration_since(Instant::now())
+        })
+    }
+
     /// After a burst, the spares over [`MIN_SPARES`] are disk held for a burst that may
-    /// not come again: deleted once no segment has rolled for `spares_idle_ttl`.
+    /// not come again: deleted once no segment has rolled for `spares_idle_ttl`, whatever
+    /// else was written meanwhile.
     fn trim_idle_spares(&mut self) {
+        self.collect_prepared_spare(false);
         if self.spares.len() <= MIN_SPARES
             || self.last_roll.elapsed() < self.spares_idle_ttl
             || self.failed().is_some()

@@ -584,42 +584,55 @@ async fn a_burst_of_dead_segments_is_kept_for_recycling() {
 }
 
 /// After a burst, the spares over the minimum are deleted once no segment has rolled for
-/// `spares_idle_ttl`; the ones left are still recycled.
+/// `spares_idle_ttl`, even while small writes keep coming; the ones left are recycled.
 #[tokio::test]
-async fn spares_over_the_minimum_go_once_the_wal_idles() {
+async fn spares_over_the_minimum_go_once_no_segment_rolls() {
     use crate::wal::writer::MIN_SPARES;
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(WalConfig {
-        segment_bytes: 300,
-        prepare_spares: false,
-        direct_io: false,
-        spares_idle_ttl: Duration::from_millis(300),
-        ..WalConfig::new(dir.path())
-    })
-    .expect("open");
+    let ttl = Duration::from_secs(1);
+    let open_small = || {
+        Wal::open(WalConfig {
+            segment_bytes: 4096,
+            prepare_spares: false,
+            direct_io: false,
+            spares_idle_ttl: ttl,
+            ..WalConfig::new(dir.path())
+        })
+        .expect("open")
+    };
+    let wal = open_small();
     let mut s = wal.log_store(3);
-    append_range(&wal, 3, 1, 10..=99).await;
-    s.purge(log_id(1, 90)).await.expect("purge");
+    let burst = std::time::Instant::now();
+    append_range(&wal, 3, 1, 100..=999).await;
+    s.purge(log_id(1, 990)).await.expect("purge");
     assert!(spares(dir.path()) > MIN_SPARES, "a burst of spares");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // A trickle of writes (a few frames, no roll) must not keep them.
+    let mut next = 1000;
     while spares(dir.path()) > MIN_SPARES {
         assert!(
-            std::time::Instant::now() < deadline,
-            "spares were not trimmed"
+            burst.elapsed() < ttl * 10,
+            "spares were not trimmed under a trickle of writes"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        append_range(&wal, 3, 1, next..=next).await;
+        next += 1;
+        tokio::time::sleep(ttl / 5).await;
     }
+    // (The last roll was during the burst, so not before `burst`.)
+    assert!(burst.elapsed() >= ttl, "trimmed before the ttl");
     assert_eq!(spares(dir.path()), MIN_SPARES);
-    let files = std::fs::read_dir(dir.path()).expect("read dir").count();
-    append_range(&wal, 3, 1, 100..=103).await;
-    assert_eq!(
-        std::fs::read_dir(dir.path()).expect("read dir").count(),
-        files,
-        "a roll took a spare"
-    );
     drop((s, wal));
-    let wal = open(dir.path(), 300);
-    assert_eq!(indexes(&wal, 3).await, (91..=103).collect::<Vec<_>>());
+    let wal = open_small();
+    assert_eq!(indexes(&wal, 3).await, (991..next).collect::<Vec<_>>());
+    // The spares left are recycled before any new file is made.
+    let files = std::fs::read_dir(dir.path()).expect("read dir").count();
+    while spares(dir.path()) > 0 {
+        append_range(&wal, 3, 1, next..=next).await;
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("read dir").count(),
+            files
+        );
+        next += 1;
+    }
 }
 
 #[tokio::test]
