@@ -64,7 +64,8 @@ struct Pool {
 
 impl DirectWriter {
     /// Creates `path` (which must not exist) holding `parts` in order, written with direct
-    /// I/O, and returns it open (not yet synced). On `Ok(Err(Unsupported))` the file was
+    /// I/O and `O_DSYNC`, and returns it open: its data is durable, its length (cut to
+    /// drop the padding) not yet. On `Ok(Err(Unsupported))` the file was
     /// removed again, for the caller to write another way.
     pub fn write_new(
         &self,

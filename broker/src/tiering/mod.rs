@@ -161,17 +161,29 @@ impl Tier {
     /// snapshot is at least an interval old — so the bucket's copy of the manifest trails
     /// the tiered data by at most one interval, without a snapshot upload per chunk.
     async fn snapshot_if_due(&self, p: &Partition, on_clock: bool) {
-        if !self.snapshot_due(p, on_clock) {
-            return;
+        {
+            // Checked and claimed under one lock: the same group can be stepped twice at
+            // once (as leader and as follower) while its leadership moves.
+            let mut last = self.snapshotted.lock();
+            if !self.due(&last, p, on_clock) {
+                return;
+            }
+            last.insert(p.group, tokio::time::Instant::now());
         }
-        self.snapshotted
-            .lock()
-            .insert(p.group, tokio::time::Instant::now());
         let _ = p.raft.trigger().snapshot().await;
     }
 
-    /// Whether [`Tiering::snapshot_if_due`] would snapshot the partition now.
+    /// Whether [`Tier::snapshot_if_due`] would snapshot the partition now.
     fn snapshot_due(&self, p: &Partition, on_clock: bool) -> bool {
+        self.due(&self.snapshotted.lock(), p, on_clock)
+    }
+
+    fn due(
+        &self,
+        last: &std::collections::HashMap<u64, tokio::time::Instant>,
+        p: &Partition,
+        on_clock: bool,
+    ) -> bool {
         let (applied, snapshot) = {
             let m = p.raft.metrics();
             let m = m.borrow();
@@ -181,7 +193,7 @@ impl Tier {
             return false;
         }
         on_clock
-            || self.snapshotted.lock().get(&p.group).is_none_or(|t| {
+            || last.get(&p.group).is_none_or(|t| {
                 tokio::time::Instant::now().duration_since(*t) >= self.config.interval
             })
     }
@@ -349,8 +361,10 @@ impl Tier {
     /// goes as one more chunk, last, right before the snapshot: a snapshot carries the
     /// untiered tail to the local store and to the bucket, so shipping the rest first
     /// leaves it only what arrived during that one upload, instead of up to a chunk and
-    /// more (6 partitions at full ingest: 61 MB of snapshots per 3 GB, was 110 MB). On a
-    /// step woken early only whole chunks go. `Ok(true)` when a chunk was tiered.
+    /// more (6 partitions at full ingest: 61 MB of snapshots per 3 GB, was 110 MB). A step
+    /// that used up its interval on whole chunks skips the partial one, and a step woken
+    /// early ships only whole chunks unless the node is under pressure or a snapshot is
+    /// due. `Ok(true)` when a chunk was tiered.
     async fn tier_partition(&self, p: &Arc<Partition>, on_clock: bool) -> Result<bool, String> {
         let started = tokio::time::Instant::now();
         let chunk_bytes = self.config.chunk_bytes as u64;
@@ -359,6 +373,7 @@ impl Tier {
             return Ok(false);
         }
         let mut tiered = false;
+        let mut out_of_time = false;
         loop {
             match self.ship(p, true).await? {
                 Shipped::Nothing => break,
@@ -368,13 +383,18 @@ impl Tier {
                     return Ok(true);
                 }
             }
-            if p.log.read().untiered_bytes() < chunk_bytes
-                || started.elapsed() >= self.config.interval
-            {
+            if p.log.read().untiered_bytes() < chunk_bytes {
+                break;
+            }
+            if started.elapsed() >= self.config.interval {
+                // Whole chunks are still waiting, and a partial pass would ship them all.
+                out_of_time = true;
                 break;
             }
         }
-        if may_ship_partial || (tiered && self.snapshot_due(p, on_clock)) {
+        let partial =
+            !out_of_time && (may_ship_partial || (tiered && self.snapshot_due(p, on_clock)));
+        if partial {
             tiered |= !matches!(self.ship(p, false).await?, Shipped::Nothing);
         } else if !tiered {
             return Ok(false);
@@ -383,7 +403,7 @@ impl Tier {
         Ok(tiered)
     }
 
-    /// One pass of [`Tiering::tier_partition`]: ships the untiered tail up to the high
+    /// One pass of [`Tier::tier_partition`]: ships the untiered tail up to the high
     /// watermark (only its whole chunks with `whole_chunks_only`).
     async fn ship(&self, p: &Arc<Partition>, whole_chunks_only: bool) -> Result<Shipped, String> {
         use futures::StreamExt;
