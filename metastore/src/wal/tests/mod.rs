@@ -1,6 +1,8 @@
-//! WAL tests: openraft's storage suite, recovery, torn tails, corruption, rolls, drops.
+//! WAL tests: openraft's storage suite, recovery, torn tails, corruption, rolls, drops,
+//! spare segments.
 
 mod recovery;
+mod spares;
 mod suite;
 mod test_sm;
 

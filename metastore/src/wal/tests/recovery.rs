@@ -1,7 +1,6 @@
 //! Reopen, torn-tail, corruption, roll, purge and drop tests.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{RaftLogReader, Vote};
@@ -12,12 +11,17 @@ use crate::wal::{FsyncPolicy, Wal, WalConfig, WalError};
 /// Opens a WAL written through the page cache, so that segment files end exactly at
 /// their last frame, as these tests' byte surgery expects (direct I/O pads the last
 /// block; see `direct_io_segments_reopen_with_every_entry`).
-fn open(dir: &Path, segment_bytes: u64) -> Wal {
+pub(super) fn open(dir: &Path, segment_bytes: u64) -> Wal {
     open_with(dir, segment_bytes, false, false)
 }
 
 /// Opens a WAL that fsyncs every batch, with spare preparation and direct I/O as given.
-fn open_with(dir: &Path, segment_bytes: u64, prepare_spares: bool, direct_io: bool) -> Wal {
+pub(super) fn open_with(
+    dir: &Path,
+    segment_bytes: u64,
+    prepare_spares: bool,
+    direct_io: bool,
+) -> Wal {
     Wal::open(WalConfig {
         segment_bytes,
         fsync: FsyncPolicy::Always,
@@ -28,7 +32,7 @@ fn open_with(dir: &Path, segment_bytes: u64, prepare_spares: bool, direct_io: bo
     .expect("open wal")
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("read dir")
         .map(|e| e.expect("dir entry").path())
@@ -38,7 +42,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn file_len(p: &Path) -> u64 {
+pub(super) fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).expect("stat").len()
 }
 
@@ -63,14 +67,19 @@ fn is_synced_frame(bytes: &[u8], off: usize) -> bool {
     bytes[off + 8..off + 17] == crate::wal::format::SYNCED_PAYLOAD_PREFIX
 }
 
-async fn append_range(wal: &Wal, group: u64, term: u64, indexes: std::ops::RangeInclusive<u64>) {
+pub(super) async fn append_range(
+    wal: &Wal,
+    group: u64,
+    term: u64,
+    indexes: std::ops::RangeInclusive<u64>,
+) {
     let mut s = wal.log_store(group);
     s.blocking_append(indexes.map(|i| entry(group, term, i)))
         .await
         .expect("append");
 }
 
-async fn indexes(wal: &Wal, group: u64) -> Vec<u64> {
+pub(super) async fn indexes(wal: &Wal, group: u64) -> Vec<u64> {
     let mut s = wal.log_store(group);
     let got = s.try_get_log_entries(0..).await.expect("read");
     for e in &got {
@@ -508,7 +517,7 @@ async fn unawaited_record_rides_with_the_next_fsync() {
     assert_eq!(indexes(&wal, 0).await, vec![1, 2, 3]);
 }
 
-fn spares(dir: &Path) -> usize {
+pub(super) fn spares(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .expect("read dir")
         .filter(|e| {
@@ -518,7 +527,7 @@ fn spares(dir: &Path) -> usize {
         .count()
 }
 
-fn is_recycled(segment: &Path) -> bool {
+pub(super) fn is_recycled(segment: &Path) -> bool {
     std::fs::read(segment).expect("read")[9] & 1 == 1
 }
 
@@ -547,92 +556,6 @@ async fn recycled_tail() -> (tempfile::TempDir, u64) {
     let n = segs.len();
     assert!(is_recycled(&segs[n - 1]) && is_recycled(&segs[n - 2]));
     (dir, last)
-}
-
-/// Segments die in bursts (at full ingest, all those written during a snapshot interval),
-/// and the next interval's rolls need as many spares: a burst is kept, up to the cap.
-#[tokio::test]
-async fn a_burst_of_dead_segments_is_kept_for_recycling() {
-    use crate::wal::writer::MAX_SPARES;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wal = open(dir.path(), 300);
-    let mut s = wal.log_store(3);
-    append_range(&wal, 3, 1, 10..=99).await;
-    let before = segments(dir.path()).len();
-    s.purge(log_id(1, 50)).await.expect("purge");
-    let (live, kept) = (segments(dir.path()).len(), spares(dir.path()));
-    assert!((3..=MAX_SPARES).contains(&kept), "{kept} spares");
-    // (The purge record may have rolled into one of them.)
-    assert!(live + kept >= before, "every dead segment is a spare");
-    // A bigger burst than the cap: the rest is deleted.
-    append_range(&wal, 3, 1, 100..=999).await;
-    s.purge(log_id(1, 990)).await.expect("purge");
-    assert_eq!(spares(dir.path()), MAX_SPARES);
-    // The spares are used before any new file is made.
-    let files = |d: &Path| std::fs::read_dir(d).expect("read dir").count();
-    let total = files(dir.path());
-    let mut next = 1000;
-    while spares(dir.path()) > 0 {
-        append_range(&wal, 3, 1, next..=next).await;
-        assert_eq!(
-            files(dir.path()),
-            total,
-            "no new file while spares are left"
-        );
-        next += 1;
-    }
-}
-
-/// After a burst, the spares over the minimum are deleted once no segment has rolled for
-/// `spares_idle_ttl`, even while small writes keep coming; the ones left are recycled.
-#[tokio::test]
-async fn spares_over_the_minimum_go_once_no_segment_rolls() {
-    use crate::wal::writer::MIN_SPARES;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ttl = Duration::from_secs(1);
-    let open_small = || {
-        Wal::open(WalConfig {
-            segment_bytes: 4096,
-            prepare_spares: false,
-            direct_io: false,
-            spares_idle_ttl: ttl,
-            ..WalConfig::new(dir.path())
-        })
-        .expect("open")
-    };
-    let wal = open_small();
-    let mut s = wal.log_store(3);
-    let burst = std::time::Instant::now();
-    append_range(&wal, 3, 1, 100..=999).await;
-    s.purge(log_id(1, 990)).await.expect("purge");
-    assert!(spares(dir.path()) > MIN_SPARES, "a burst of spares");
-    // A trickle of writes (a few frames, no roll) must not keep them.
-    let mut next = 1000;
-    while spares(dir.path()) > MIN_SPARES {
-        assert!(
-            burst.elapsed() < ttl * 10,
-            "spares were not trimmed under a trickle of writes"
-        );
-        append_range(&wal, 3, 1, next..=next).await;
-        next += 1;
-        tokio::time::sleep(ttl / 5).await;
-    }
-    // (The last roll was during the burst, so not before `burst`.)
-    assert!(burst.elapsed() >= ttl, "trimmed before the ttl");
-    assert_eq!(spares(dir.path()), MIN_SPARES);
-    drop((s, wal));
-    let wal = open_small();
-    assert_eq!(indexes(&wal, 3).await, (991..next).collect::<Vec<_>>());
-    // The spares left are recycled before any new file is made.
-    let files = std::fs::read_dir(dir.path()).expect("read dir").count();
-    while spares(dir.path()) > 0 {
-        append_range(&wal, 3, 1, next..=next).await;
-        assert_eq!(
-            std::fs::read_dir(dir.path()).expect("read dir").count(),
-            files
-        );
-        next += 1;
-    }
 }
 
 #[tokio::test]
@@ -759,63 +682,6 @@ async fn damage_inside_a_recycled_segment_fails_open() {
     .err()
     .expect("open must fail");
     assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
-}
-
-#[tokio::test]
-async fn a_prepared_spare_is_ready_for_the_next_roll() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let open_preparing = || open_with(dir.path(), 64 * 1024, true, true);
-    let wal = open_preparing();
-    // Past a quarter of the first segment, with no dead segment to recycle, a spare is
-    // zero-filled in the background.
-    let mut last = 0;
-    while file_len(&segments(dir.path())[0]) < 40 * 1024 {
-        last += 1;
-        append_range(&wal, 3, 1, last..=last + 99).await;
-        last += 99;
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while spares(dir.path()) == 0 {
-        assert!(std::time::Instant::now() < deadline, "no spare prepared");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let spare = std::fs::read_dir(dir.path())
-        .expect("read dir")
-        .map(|e| e.expect("dir entry").path())
-        .find(|p| p.to_string_lossy().ends_with(".wal.spare"))
-        .expect("a spare");
-    assert!(file_len(&spare) >= 64 * 1024, "filled to a segment's size");
-    // The next roll recycles it instead of starting a new file...
-    while segments(dir.path()).len() < 2 {
-        last += 1;
-        append_range(&wal, 3, 1, last..=last).await;
-    }
-    assert!(is_recycled(&segments(dir.path())[1]));
-    assert!(!spare.exists());
-    // ...and the zeros after the last frame read as the end of the log, before and after
-    // the segment is sealed by the next roll.
-    drop(wal);
-    let wal = open(dir.path(), 64 * 1024);
-    assert_eq!(indexes(&wal, 3).await, (1..=last).collect::<Vec<_>>());
-    drop(wal);
-    let wal = open_preparing();
-    while segments(dir.path()).len() < 3 {
-        last += 1;
-        append_range(&wal, 3, 1, last..=last + 99).await;
-        last += 99;
-    }
-    drop(wal);
-    let wal = open(dir.path(), 64 * 1024);
-    assert_eq!(indexes(&wal, 3).await, (1..=last).collect::<Vec<_>>());
-}
-
-#[test]
-fn an_interrupted_spare_preparation_is_removed_on_open() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let unfinished = dir.path().join("preparing.wal.spare.tmp");
-    std::fs::write(&unfinished, [0u8; 100]).expect("write");
-    drop(open(dir.path(), 1 << 20));
-    assert!(!unfinished.exists());
 }
 
 /// An entry of group 5 whose payload is `len` bytes derived from its index.
