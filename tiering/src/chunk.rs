@@ -393,7 +393,7 @@ impl ChunkIndex {
             what: format!("frame of {key}"),
             reason: format!("frame {i} of {}", self.frames.len()),
         })?;
-        decompress(&self.header, entry, frame_bytes)
+        decompress(&self.header, entry, Bytes::copy_from_slice(frame_bytes))
             .map_err(|r| TieringError::corrupt(key, format!("frame {i}: {r}")))
     }
 
@@ -461,7 +461,8 @@ fn validate(h: &ChunkHeader, frames: &[FrameEntry]) -> Result<(), String> {
     Ok(())
 }
 
-fn decompress(h: &ChunkHeader, entry: &FrameEntry, bytes: &[u8]) -> Result<Bytes, String> {
+/// A frame's raw bytes: decompressed, or (uncompressed) `bytes` themselves, not copied.
+fn decompress(h: &ChunkHeader, entry: &FrameEntry, bytes: Bytes) -> Result<Bytes, String> {
     if bytes.len() != entry.compressed_len as usize {
         return Err(format!(
             "{} bytes, index says {}",
@@ -470,9 +471,12 @@ fn decompress(h: &ChunkHeader, entry: &FrameEntry, bytes: &[u8]) -> Result<Bytes
         ));
     }
     let raw = if h.is_compressed() {
-        zstd::bulk::decompress(bytes, entry.raw_len as usize).map_err(|e| format!("zstd: {e}"))?
+        Bytes::from(
+            zstd::bulk::decompress(&bytes, entry.raw_len as usize)
+                .map_err(|e| format!("zstd: {e}"))?,
+        )
     } else {
-        bytes.to_vec()
+        bytes
     };
     if raw.len() != entry.raw_len as usize {
         return Err(format!(
@@ -481,7 +485,7 @@ fn decompress(h: &ChunkHeader, entry: &FrameEntry, bytes: &[u8]) -> Result<Bytes
             entry.raw_len
         ));
     }
-    Ok(Bytes::from(raw))
+    Ok(raw)
 }
 
 /// A whole chunk, verified and decompressed.
@@ -523,7 +527,8 @@ impl ChunkReader {
         let index = ChunkIndex::decode(&data[..HEADER_LEN], &data[tail_start..])?;
         let mut batches = Vec::with_capacity(header.batch_count as usize);
         for (i, f) in index.frames.iter().enumerate() {
-            let bytes = &data[f.compressed_pos as usize..f.range().end as usize];
+            // Uncompressed batches stay slices of the object as read: no copy.
+            let bytes = data.slice(f.compressed_pos as usize..f.range().end as usize);
             let raw = decompress(&header, f, bytes).map_err(|r| format!("frame {i}: {r}"))?;
             for batch in split_batches(&raw).map_err(|r| format!("frame {i}: {r}"))? {
                 let (base, last) = batch_offsets(&batch)?;
