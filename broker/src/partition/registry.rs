@@ -123,7 +123,15 @@ impl Partition {
                 let batches = self.tier.read_chunk(&chunk).await?;
                 // Read-ahead: a consumer reading tiered data sequentially wants the next
                 // object next; start loading it into the cache while this one is served.
-                let next = self.log.read().chunk_for(chunk.last_offset + 1).cloned();
+                // The object before this one it has read past: that one goes first.
+                let (prev, next) = {
+                    let log = self.log.read();
+                    let prev = log.chunk_for(chunk.base_offset - 1).map(|c| c.key.clone());
+                    (prev, log.chunk_for(chunk.last_offset + 1).cloned())
+                };
+                if let Some(prev) = prev {
+                    self.tier.cache().demote(&prev);
+                }
                 if let Some(next) = next {
                     self.tier.prefetch(next);
                 }

@@ -13,6 +13,11 @@ use super::StoredBatch;
 
 type Slot = Arc<OnceCell<Arc<Vec<StoredBatch>>>>;
 
+/// `last_used` of a chunk a reader has moved past: evicted first.
+const DEMOTED: u64 = 0;
+/// `last_used` of a chunk loaded ahead and not read yet: evicted next.
+const PRELOADED: u64 = 1;
+
 struct Entry {
     slot: Slot,
     bytes: usize,
@@ -37,7 +42,11 @@ impl ChunkCache {
     pub fn new(max_bytes: usize) -> Self {
         Self {
             max_bytes,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                // Reads count from above DEMOTED and PRELOADED.
+                clock: PRELOADED,
+                ..Inner::default()
+            }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -47,14 +56,50 @@ impl ChunkCache {
         self.inner.lock().bytes
     }
 
+    /// Whether `bytes` more fit without evicting anything but chunks readers have moved
+    /// past ([`ChunkCache::demote`]).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        let inner = self.inner.lock();
+        let kept: usize = inner
+            .entries
+            .values()
+            .filter(|e| e.last_used != DEMOTED)
+            .map(|e| e.bytes)
+            .sum();
+        kept + bytes <= self.max_bytes
+    }
+
+    /// Marks `key` as the first to evict: a sequential reader has moved past it.
+    pub fn demote(&self, key: &str) {
+        if let Some(e) = self.inner.lock().entries.get_mut(key) {
+            e.last_used = DEMOTED;
+        }
+    }
+
     pub async fn get_or_load<F>(&self, key: &str, load: F) -> Result<Arc<Vec<StoredBatch>>, String>
+    where
+        F: Future<Output = Result<Vec<StoredBatch>, String>>,
+    {
+        self.load(key, load, true).await
+    }
+
+    /// Loads `key` ahead of a read (read-ahead). The entry counts as unused, so it goes
+    /// before any chunk a consumer is reading, until a read uses it.
+    pub async fn preload<F>(&self, key: &str, load: F) -> Result<Arc<Vec<StoredBatch>>, String>
+    where
+        F: Future<Output = Result<Vec<StoredBatch>, String>>,
+    {
+        self.load(key, load, false).await
+    }
+
+    async fn load<F>(&self, key: &str, load: F, used: bool) -> Result<Arc<Vec<StoredBatch>>, String>
     where
         F: Future<Output = Result<Vec<StoredBatch>, String>>,
     {
         let slot = {
             let mut inner = self.inner.lock();
             inner.clock += 1;
-            let now = inner.clock;
+            let now = if used { inner.clock } else { PRELOADED };
             let entry = inner
                 .entries
                 .entry(key.to_string())
@@ -63,7 +108,9 @@ impl ChunkCache {
                     bytes: 0,
                     last_used: now,
                 });
-            entry.last_used = now;
+            if used {
+                entry.last_used = now;
+            }
             entry.slot.clone()
         };
         if let Some(v) = slot.get() {
@@ -158,5 +205,50 @@ mod tests {
             .await
             .expect("a kept");
         assert_eq!(cache.misses.load(Ordering::Relaxed), 4);
+    }
+
+    /// A chunk loaded ahead goes before any chunk being read, and a chunk a reader moved
+    /// past goes first of all and does not count against the room for loading ahead.
+    #[tokio::test]
+    async fn read_ahead_and_read_past_chunks_are_evicted_first() {
+        let cache = ChunkCache::new(300);
+        let cached = |key: &'static str| {
+            let cache = &cache;
+            async move {
+                cache
+                    .get_or_load(key, async { Err("not cached".into()) })
+                    .await
+                    .is_ok()
+            }
+        };
+        cache
+            .get_or_load("a", async { Ok(batch(100)) })
+            .await
+            .expect("a");
+        cache
+            .preload("ahead", async { Ok(batch(100)) })
+            .await
+            .expect("ahead");
+        cache
+            .get_or_load("b", async { Ok(batch(100)) })
+            .await
+            .expect("b");
+        assert!(!cache.has_room(100), "the cache is full");
+        // Loading c must evict one: the chunk loaded ahead, though a was used earlier.
+        cache
+            .get_or_load("c", async { Ok(batch(100)) })
+            .await
+            .expect("c");
+        assert!(cached("a").await && cached("b").await && cached("c").await);
+        assert!(!cached("ahead").await);
+        // A chunk a reader moved past is room for loading ahead, and goes first.
+        cache.demote("a");
+        assert!(cache.has_room(100));
+        cache
+            .get_or_load("d", async { Ok(batch(100)) })
+            .await
+            .expect("d");
+        assert!(!cached("a").await);
+        assert!(cached("b").await && cached("c").await && cached("d").await);
     }
 }

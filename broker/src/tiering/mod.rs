@@ -224,12 +224,21 @@ impl Tier {
         true
     }
 
-    /// Starts loading a chunk into the read cache in the background (read-ahead). A load
-    /// already under way or cached is shared, not repeated.
+    /// Starts loading a chunk into the read cache in the background (read-ahead), if it
+    /// fits without evicting anything. A load already under way or cached is shared, not
+    /// repeated.
+    ///
+    /// Read-ahead that evicts costs more than it saves: six partitions caught up at once,
+    /// each with its chunk and the next one, need more than the default 64 MiB, and every
+    /// chunk was read from the bucket 5–7 times.
     pub fn prefetch(self: &Arc<Self>, chunk: ChunkRef) {
+        let size = usize::try_from(chunk.size).unwrap_or(usize::MAX);
+        if !self.cache.has_room(size) {
+            return;
+        }
         let tier = self.clone();
         tokio::spawn(async move {
-            if let Err(err) = tier.read_chunk(&chunk).await {
+            if let Err(err) = tier.load_chunk(&chunk, false).await {
                 tracing::debug!(key = %chunk.key, %err, "read-ahead failed; the reader will retry");
             }
         });
@@ -237,29 +246,41 @@ impl Tier {
 
     /// The batches of a chunk, from the cache or the bucket.
     pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<StoredBatch>>, String> {
+        self.load_chunk(chunk, true).await
+    }
+
+    /// [`Tier::read_chunk`]; with `used` false, a read-ahead (see [`ChunkCache::preload`]).
+    async fn load_chunk(
+        &self,
+        chunk: &ChunkRef,
+        used: bool,
+    ) -> Result<Arc<Vec<StoredBatch>>, String> {
         let bucket = self.bucket.clone();
         let key = chunk.key.clone();
         let gets = &self.stats.gets;
-        self.cache
-            .get_or_load(&chunk.key, async move {
-                gets.fetch_add(1, Ordering::Relaxed);
-                let bytes = bucket.get(&key).await.map_err(|e| e.to_string())?;
-                let reader = ChunkReader::parse_named(&key, bytes).map_err(|e| e.to_string())?;
-                let batches = reader.read_from(i64::MIN);
-                let mut out = Vec::with_capacity(batches.len());
-                for data in batches {
-                    let header = crate::partition::batch::BatchHeader::parse(&data)
-                        .map_err(|e| format!("chunk {key}: {e}"))?;
-                    let base_offset = i64::from_be_bytes(data[..8].try_into().unwrap_or_default());
-                    out.push(StoredBatch {
-                        base_offset,
-                        last_offset: base_offset + header.last_offset_delta as i64,
-                        data,
-                    });
-                }
-                Ok(out)
-            })
-            .await
+        let load = async move {
+            gets.fetch_add(1, Ordering::Relaxed);
+            let bytes = bucket.get(&key).await.map_err(|e| e.to_string())?;
+            let reader = ChunkReader::parse_named(&key, bytes).map_err(|e| e.to_string())?;
+            let batches = reader.read_from(i64::MIN);
+            let mut out = Vec::with_capacity(batches.len());
+            for data in batches {
+                let header = crate::partition::batch::BatchHeader::parse(&data)
+                    .map_err(|e| format!("chunk {key}: {e}"))?;
+                let base_offset = i64::from_be_bytes(data[..8].try_into().unwrap_or_default());
+                out.push(StoredBatch {
+                    base_offset,
+                    last_offset: base_offset + header.last_offset_delta as i64,
+                    data,
+                });
+            }
+            Ok(out)
+        };
+        if used {
+            self.cache.get_or_load(&chunk.key, load).await
+        } else {
+            self.cache.preload(&chunk.key, load).await
+        }
     }
 
     /// Runs the tiering loop for the life of the node.
