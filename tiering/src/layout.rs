@@ -8,6 +8,7 @@
 //! cluster/incarnation.json
 //! topics/{topic_id}/{partition}/chunks/{base_offset:020}-{last_offset:020}.chunk
 //! topics/{topic_id}/{partition}/segments/{base_offset:020}-{last_offset:020}.segment
+//! topics/{topic_id}/{partition}/manifest/{base_offset:020}-{last_offset:020}.page
 //! snapshots/group-{group_id:020}/{snapshot_seq:020}.snap
 //! ```
 //!
@@ -35,6 +36,14 @@ pub enum ObjectKey {
         last_offset: i64,
     },
     Segment {
+        topic_id: Uuid,
+        partition: i32,
+        base_offset: i64,
+        last_offset: i64,
+    },
+    /// A sealed page of a partition's manifest: the chunks and segments that hold
+    /// `base_offset..=last_offset`.
+    ManifestPage {
         topic_id: Uuid,
         partition: i32,
         base_offset: i64,
@@ -75,6 +84,23 @@ pub fn segment_key(topic_id: Uuid, partition: i32, base_offset: i64, last_offset
     )
 }
 
+/// `topics/{topic_id}/{partition}/manifest/`.
+pub fn manifest_prefix(topic_id: Uuid, partition: i32) -> String {
+    format!("{}manifest/", partition_prefix(topic_id, partition))
+}
+
+pub fn manifest_page_key(
+    topic_id: Uuid,
+    partition: i32,
+    base_offset: i64,
+    last_offset: i64,
+) -> String {
+    format!(
+        "{}{base_offset:020}-{last_offset:020}.page",
+        manifest_prefix(topic_id, partition)
+    )
+}
+
 /// `snapshots/group-{group:020}/`: every snapshot of one Raft group (group 0 is metadata).
 pub fn snapshot_prefix(group: u64) -> String {
     format!("snapshots/group-{group:020}/")
@@ -100,6 +126,12 @@ impl fmt::Display for ObjectKey {
                 base_offset,
                 last_offset,
             } => segment_key(topic_id, partition, base_offset, last_offset),
+            ObjectKey::ManifestPage {
+                topic_id,
+                partition,
+                base_offset,
+                last_offset,
+            } => manifest_page_key(topic_id, partition, base_offset, last_offset),
             ObjectKey::Snapshot { group, seq } => snapshot_key(group, seq),
         };
         f.write_str(&key)
@@ -156,7 +188,7 @@ pub fn parse_key(key: &str) -> Result<ObjectKey, TieringError> {
     }
     let parts: Vec<&str> = key.split('/').collect();
     match parts.as_slice() {
-        ["topics", topic, partition, kind @ ("chunks" | "segments"), file] => {
+        ["topics", topic, partition, kind @ ("chunks" | "segments" | "manifest"), file] => {
             let topic_id = Uuid::try_parse(topic)
                 .ok()
                 .filter(|u| u.as_hyphenated().to_string() == *topic)
@@ -166,6 +198,14 @@ pub fn parse_key(key: &str) -> Result<ObjectKey, TieringError> {
             if *kind == "chunks" {
                 let (base_offset, last_offset) = offset_range(key, file, ".chunk")?;
                 Ok(ObjectKey::Chunk {
+                    topic_id,
+                    partition,
+                    base_offset,
+                    last_offset,
+                })
+            } else if *kind == "manifest" {
+                let (base_offset, last_offset) = offset_range(key, file, ".page")?;
+                Ok(ObjectKey::ManifestPage {
                     topic_id,
                     partition,
                     base_offset,
@@ -235,6 +275,10 @@ mod tests {
             format!("topics/{TOPIC}/0/segments/00000000000000000100-00000000000000000200.segment")
         );
         assert_eq!(
+            manifest_page_key(topic(), 2, 0, 99),
+            format!("topics/{TOPIC}/2/manifest/00000000000000000000-00000000000000000099.page")
+        );
+        assert_eq!(
             snapshot_key(0, 7),
             "snapshots/group-00000000000000000000/00000000000000000007.snap"
         );
@@ -256,6 +300,12 @@ mod tests {
                 partition: 0,
                 base_offset: 0,
                 last_offset: 0,
+            },
+            ObjectKey::ManifestPage {
+                topic_id: topic(),
+                partition: 7,
+                base_offset: 10,
+                last_offset: 20,
             },
             ObjectKey::Snapshot {
                 group: u64::MAX,
