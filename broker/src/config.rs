@@ -79,6 +79,10 @@ pub struct Config {
     pub compaction_min_chunks: u64,
     /// Largest segment object compaction writes.
     pub segment_bytes: u64,
+    /// Entries per sealed page of a partition's manifest: once twice this many chunks and
+    /// segments are open, the oldest this many move into a page object in the bucket, so
+    /// snapshots and bootstrap stay small however long a partition's history.
+    pub manifest_page_entries: u64,
     pub raft_heartbeat_interval_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
@@ -123,6 +127,7 @@ impl Default for Config {
             gc_grace_ms: 60_000,
             compaction_min_chunks: 8,
             segment_bytes: 64 << 20,
+            manifest_page_entries: 512,
             raft_heartbeat_interval_ms: 100,
             raft_election_timeout_min_ms: 300,
             raft_election_timeout_max_ms: 600,
@@ -175,6 +180,13 @@ impl Config {
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             bail!("group-min-session-timeout-ms must not exceed group-max-session-timeout-ms");
         }
+        let max_page = crate::tiering::MAX_PAGE_ENTRIES as u64;
+        if !(2..=max_page).contains(&self.manifest_page_entries) {
+            bail!(
+                "manifest-page-entries must be between 2 and {max_page}, not {}",
+                self.manifest_page_entries
+            );
+        }
         self.cluster()?;
         Ok(())
     }
@@ -216,6 +228,7 @@ impl Config {
             cache_bytes: self.read_cache_bytes as usize,
             concurrency: 8,
             gc_grace_ms: self.gc_grace_ms,
+            page_entries: self.manifest_page_entries.max(1) as usize,
             compaction: crate::tiering::compaction::CompactionPolicy {
                 min_chunks: self.compaction_min_chunks.max(2) as usize,
                 segment_bytes: self.segment_bytes,

@@ -146,6 +146,10 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     segment_bytes: Option<u64>,
+    /// Entries per sealed page of a partition's manifest [default: 512].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest_page_entries: Option<u64>,
     /// How often a Raft group with new entries is snapshotted and its WAL purged [default: 1000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -64,22 +64,28 @@ impl Broker {
 
     /// (offset, timestamp, leader epoch) for a ListOffsets query.
     async fn lookup_offset(&self, p: &Partition, query: i64) -> Result<(i64, i64, i32), i16> {
-        let (start, hwm, epoch, start_epoch, found) = {
+        let (start, hwm, epoch, start_epoch) = {
             let log = p.log.read();
-            let found = match query {
-                LATEST | EARLIEST => None,
-                MAX_TIMESTAMP => log.max_timestamp_plan(),
-                ts if ts >= 0 => log.find_timestamp(ts).map(|plan| (plan, ts)),
-                _ => return Err(code::INVALID_REQUEST),
-            };
             (
                 log.log_start_offset(),
                 log.high_watermark(),
                 log.current_epoch(),
                 log.epoch_at(log.log_start_offset()),
-                found,
             )
         };
+        let found = match query {
+            LATEST | EARLIEST => Ok(None),
+            MAX_TIMESTAMP => p.max_timestamp().await,
+            ts if ts >= 0 => p
+                .find_timestamp(ts)
+                .await
+                .map(|plan| plan.map(|plan| (plan, ts))),
+            _ => return Err(code::INVALID_REQUEST),
+        }
+        .map_err(|e| {
+            tracing::error!(topic = %p.topic, partition = p.index, err = %e, "timestamp lookup");
+            code::KAFKA_STORAGE_ERROR
+        })?;
         match query {
             LATEST => return Ok((hwm, -1, epoch)),
             EARLIEST => return Ok((start, -1, start_epoch)),
@@ -97,6 +103,8 @@ impl Broker {
             tracing::error!(topic = %p.topic, partition = p.index, err = %e, "decode stored batch");
             code::CORRUPT_MESSAGE
         })?;
+        // The log start as of now: retention may have moved it during the lookup.
+        let start = p.log.read().log_start_offset();
         let record = sets
             .iter()
             .flat_map(|s| s.records.iter())

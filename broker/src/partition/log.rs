@@ -15,11 +15,15 @@
 //!
 //! A snapshot holds the whole partition — the chunk manifest, producer state, leader epochs
 //! and the untiered tail's bytes — so the Raft log can be purged after every snapshot and a
-//! node that lost its disk restores the partition from the bucket alone.
+//! node that lost its disk restores the partition from the bucket alone. The manifest's
+//! older entries are sealed into page objects in the bucket (`PageSealed`, see
+//! [`super::page`]), so the snapshot names them with one reference per page and stays
+//! small however long the partition's history.
 //!
-//! Invariants: `chunks` then `tail` cover `log_start_offset..log_end_offset` in order with
-//! no gap (chunks may start below `log_start_offset` after DeleteRecords); the leader epoch
-//! of a batch is the Raft term of the entry that appended it.
+//! Invariants: `pages`, then `chunks`, then `tail` cover `log_start_offset..log_end_offset`
+//! in order with no gap (pages and chunks may start below `log_start_offset` after
+//! DeleteRecords); the leader epoch of a batch is the Raft term of the entry that appended
+//! it.
 
 use std::sync::Arc;
 
@@ -33,6 +37,7 @@ use chronik_metastore::state_machine::ApplyState;
 use chronik_metastore::types::{Command, CommandResponse, LogId};
 
 use super::batch::BatchHeader;
+pub use super::page::PageRef;
 use super::producers::{ProducerTable, SequenceCheck};
 use crate::errors::code;
 
@@ -43,6 +48,7 @@ const CMD_CHUNK_TIERED: u8 = 2;
 const CMD_DELETE_RECORDS: u8 = 3;
 const CMD_COMPACTED: u8 = 4;
 const CMD_OBJECTS_DELETED: u8 = 5;
+const CMD_PAGE_SEALED: u8 = 6;
 /// Offset of the batch inside a prefixed append command (after the kind byte).
 pub const APPEND_BATCH_POS: usize = 1;
 
@@ -106,6 +112,26 @@ pub fn objects_deleted_command(keys: Vec<String>) -> Command {
     json_command(CMD_OBJECTS_DELETED, &ObjectsDeleted { keys })
 }
 
+/// Swaps the oldest `page.entries` open manifest entries, from `first_key` to `last_key`,
+/// for the sealed page that holds them.
+pub fn page_sealed_command(page: &PageRef, first_key: String, last_key: String) -> Command {
+    json_command(
+        CMD_PAGE_SEALED,
+        &PageSealed {
+            page: page.clone(),
+            first_key,
+            last_key,
+        },
+    )
+}
+
+#[derive(Serialize, Deserialize)]
+struct PageSealed {
+    page: PageRef,
+    first_key: String,
+    last_key: String,
+}
+
 #[derive(Serialize, Deserialize)]
 struct DeleteRecords {
     before_offset: i64,
@@ -127,7 +153,11 @@ struct ObjectsDeleted {
 /// An object that left the manifest and awaits garbage collection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletedChunk {
+    /// The object (for a page: its key, offsets and size).
     pub chunk: ChunkRef,
+    /// A sealed manifest page: the objects it names go with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub page: bool,
     /// The proposer's wall clock (Unix ms) when it left the manifest.
     pub since_ms: i64,
 }
@@ -150,8 +180,51 @@ pub enum ReadPlan {
     Tail(Vec<BatchLocation>),
     /// A chunk in the bucket that holds the offset.
     Chunk(ChunkRef),
+    /// A sealed manifest page that names the chunk (load it, then look again).
+    Page(PageRef),
     Empty,
 }
+
+/// A unit of the manifest: a sealed page, or an entry of the open part.
+#[derive(Clone, Copy, Debug)]
+pub enum Unit<'a> {
+    Page(&'a PageRef),
+    Chunk(&'a ChunkRef),
+}
+
+impl Unit<'_> {
+    pub fn last_offset(&self) -> i64 {
+        match self {
+            Unit::Page(p) => p.last_offset,
+            Unit::Chunk(c) => c.last_offset,
+        }
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        match self {
+            Unit::Page(p) => p.max_timestamp,
+            Unit::Chunk(c) => c.max_timestamp,
+        }
+    }
+
+    /// Bytes of data it stands for in the bucket.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Unit::Page(p) => p.bytes,
+            Unit::Chunk(c) => c.size,
+        }
+    }
+
+    fn plan(&self) -> ReadPlan {
+        match self {
+            Unit::Page(p) => ReadPlan::Page((*p).clone()),
+            Unit::Chunk(c) => ReadPlan::Chunk((*c).clone()),
+        }
+    }
+}
+
+/// Sealed pages read from the bucket, to be looked at entry by entry.
+pub type OpenPages<'a> = &'a [(&'a PageRef, &'a [ChunkRef])];
 
 /// The outcome of one append, as every replica computed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,7 +277,10 @@ pub struct BatchLocation {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PartitionLog {
-    /// The manifest: tiered chunks in offset order.
+    /// The manifest's sealed pages, in offset order (objects in the bucket).
+    #[serde(default)]
+    pages: Vec<PageRef>,
+    /// The manifest's open part: tiered chunks after the last page, in offset order.
     chunks: Vec<ChunkRef>,
     /// The untiered tail, in offset order.
     batches: Vec<BatchLocation>,
@@ -230,6 +306,7 @@ fn hwm_channel() -> watch::Sender<i64> {
 impl Default for PartitionLog {
     fn default() -> Self {
         Self {
+            pages: Vec::new(),
             chunks: Vec::new(),
             batches: Vec::new(),
             log_start_offset: 0,
@@ -261,10 +338,14 @@ impl PartitionLog {
         self.epochs.last().map(|e| e.0).unwrap_or(0)
     }
 
-    /// Where a read at `offset` is served from: a chunk in the bucket, or the tail.
+    /// Where a read at `offset` is served from: a chunk in the bucket (or the sealed page
+    /// that names it), or the tail.
     pub fn plan_read(&self, offset: i64, max_bytes: usize) -> ReadPlan {
         if let Some(c) = self.chunk_for(offset) {
             return ReadPlan::Chunk(c.clone());
+        }
+        if let Some(p) = self.page_for(offset) {
+            return ReadPlan::Page(p.clone());
         }
         let batches = self.batches_from(offset, max_bytes);
         if batches.is_empty() {
@@ -274,14 +355,61 @@ impl PartitionLog {
         }
     }
 
-    /// The chunk holding `offset`, if it is tiered.
+    /// The open manifest entry holding `offset`, if there is one.
     pub fn chunk_for(&self, offset: i64) -> Option<&ChunkRef> {
-        let i = self.chunks.partition_point(|c| c.last_offset < offset);
-        self.chunks.get(i).filter(|c| c.base_offset <= offset)
+        find_entry(&self.chunks, offset)
     }
 
+    /// The sealed page naming the entry that holds `offset`, if there is one.
+    pub fn page_for(&self, offset: i64) -> Option<&PageRef> {
+        let i = self.pages.partition_point(|p| p.last_offset < offset);
+        self.pages.get(i).filter(|p| p.base_offset <= offset)
+    }
+
+    /// The open part of the manifest (entries after the last sealed page).
     pub fn chunks(&self) -> &[ChunkRef] {
         &self.chunks
+    }
+
+    /// The manifest's sealed pages.
+    pub fn pages(&self) -> &[PageRef] {
+        &self.pages
+    }
+
+    /// The first page that still holds live data, when it also names entries below the log
+    /// start: its summary (largest timestamp, bytes) counts those too, so lookups by
+    /// timestamp and retention look inside it instead (see [`OpenPages`]).
+    pub fn straddling_page(&self) -> Option<&PageRef> {
+        self.first_live_page()
+            .filter(|p| p.base_offset < self.log_start_offset)
+    }
+
+    /// The first page that still holds live data (retention's next cut may fall inside it).
+    pub fn first_live_page(&self) -> Option<&PageRef> {
+        self.pages
+            .iter()
+            .find(|p| p.last_offset >= self.log_start_offset)
+    }
+
+    /// The manifest from the log start on, oldest first: pages as whole units, except the
+    /// `open` ones, which stand for their entries.
+    pub fn units<'a>(&'a self, open: OpenPages<'a>) -> impl Iterator<Item = Unit<'a>> + 'a {
+        let start = self.log_start_offset;
+        self.pages
+            .iter()
+            .flat_map(move |p| match open.iter().find(|(o, _)| o.key == p.key) {
+                Some((_, entries)) => {
+                    Box::new(entries.iter().map(Unit::Chunk)) as Box<dyn Iterator<Item = _>>
+                }
+                None => Box::new(std::iter::once(Unit::Page(p))),
+            })
+            .chain(self.chunks.iter().map(Unit::Chunk))
+            .filter(move |u| u.last_offset() >= start)
+    }
+
+    /// Whether `key` is an object the manifest names directly (a page or an open entry).
+    pub fn references(&self, key: &str) -> bool {
+        self.chunks.iter().any(|c| c.key == key) || self.pages.iter().any(|p| p.key == key)
     }
 
     /// The untiered tail, oldest first.
@@ -326,14 +454,12 @@ impl PartitionLog {
         chunks
     }
 
-    /// The first chunk or tail batch whose max timestamp is at or after `timestamp`.
-    pub fn find_timestamp(&self, timestamp: i64) -> Option<ReadPlan> {
-        if let Some(c) = self
-            .chunks
-            .iter()
-            .find(|c| c.max_timestamp >= timestamp && c.last_offset >= self.log_start_offset)
-        {
-            return Some(ReadPlan::Chunk(c.clone()));
+    /// The first manifest unit or tail batch whose max timestamp is at or after
+    /// `timestamp`. A [`ReadPlan::Page`] answer means: load that page and ask again with it
+    /// open (pass the [`straddling_page`](Self::straddling_page) open from the start).
+    pub fn find_timestamp(&self, timestamp: i64, open: OpenPages<'_>) -> Option<ReadPlan> {
+        if let Some(u) = self.units(open).find(|u| u.max_timestamp() >= timestamp) {
+            return Some(u.plan());
         }
         self.batch_for_timestamp(timestamp)
             .map(|b| ReadPlan::Tail(vec![b]))
@@ -364,17 +490,14 @@ impl PartitionLog {
     }
 
     /// Where the largest timestamp lives (the first such, as Kafka picks), and its value.
-    pub fn max_timestamp_plan(&self) -> Option<(ReadPlan, i64)> {
+    /// A [`ReadPlan::Page`] answer means: load that page and ask again with it open.
+    pub fn max_timestamp_plan(&self, open: OpenPages<'_>) -> Option<(ReadPlan, i64)> {
         let mut best: Option<(ReadPlan, i64)> = None;
         let better =
             |best: &Option<(ReadPlan, i64)>, ts: i64| best.as_ref().is_none_or(|(_, b)| ts > *b);
-        for c in self
-            .chunks
-            .iter()
-            .filter(|c| c.last_offset >= self.log_start_offset)
-        {
-            if better(&best, c.max_timestamp) {
-                best = Some((ReadPlan::Chunk(c.clone()), c.max_timestamp));
+        for u in self.units(open) {
+            if better(&best, u.max_timestamp()) {
+                best = Some((u.plan(), u.max_timestamp()));
             }
         }
         for b in &self.batches {
@@ -477,13 +600,29 @@ impl PartitionLog {
             self.log_start_offset = target;
             let tail = self.batches.partition_point(|b| b.last_offset < target);
             self.drop_tail_prefix(tail);
-            let gone = self.chunks.partition_point(|c| c.last_offset < target);
             let since_ms = cmd.now_ms;
-            self.deleted.extend(
-                self.chunks
-                    .drain(..gone)
-                    .map(|chunk| DeletedChunk { chunk, since_ms }),
-            );
+            // A page leaves once all it names is below the log start; until then the
+            // objects it names stay in the bucket.
+            let pages = self.pages.partition_point(|p| p.last_offset < target);
+            self.deleted
+                .extend(self.pages.drain(..pages).map(|p| DeletedChunk {
+                    chunk: ChunkRef {
+                        key: p.key,
+                        base_offset: p.base_offset,
+                        last_offset: p.last_offset,
+                        max_timestamp: p.max_timestamp,
+                        size: p.size,
+                    },
+                    page: true,
+                    since_ms,
+                }));
+            let gone = self.chunks.partition_point(|c| c.last_offset < target);
+            self.deleted
+                .extend(self.chunks.drain(..gone).map(|chunk| DeletedChunk {
+                    chunk,
+                    page: false,
+                    since_ms,
+                }));
         }
         self.result(code::NONE, self.log_start_offset)
     }
@@ -513,10 +652,34 @@ impl PartitionLog {
         self.deleted.retain(|d| d.chunk.key != cmd.with.key);
         let since_ms = cmd.now_ms;
         let old: Vec<ChunkRef> = self.chunks.splice(i..i + n, [cmd.with]).collect();
-        self.deleted.extend(
-            old.into_iter()
-                .map(|chunk| DeletedChunk { chunk, since_ms }),
-        );
+        self.deleted
+            .extend(old.into_iter().map(|chunk| DeletedChunk {
+                chunk,
+                page: false,
+                since_ms,
+            }));
+        self.result(code::NONE, base_offset)
+    }
+
+    /// Swaps the oldest open entries for the sealed page that holds them, only if they are
+    /// still exactly those entries (a concurrent compaction or DeleteRecords, or a stale
+    /// proposal, is refused identically on every replica). At least one entry stays open.
+    fn page_sealed(&mut self, cmd: PageSealed) -> AppendResult {
+        let n = cmd.page.entries as usize;
+        let same = n >= 1
+            && self.chunks.len() > n
+            && self.chunks[0].key == cmd.first_key
+            && self.chunks[n - 1].key == cmd.last_key
+            && self.chunks[0].base_offset == cmd.page.base_offset
+            && self.chunks[n - 1].last_offset == cmd.page.last_offset
+            && !self.references(&cmd.page.key);
+        if !same {
+            return self.result(code::INVALID_REQUEST, -1);
+        }
+        let base_offset = cmd.page.base_offset;
+        self.chunks.drain(..n);
+        self.deleted.retain(|d| d.chunk.key != cmd.page.key);
+        self.pages.push(cmd.page);
         self.result(code::NONE, base_offset)
     }
 
@@ -581,6 +744,10 @@ impl ApplyState for PartitionLog {
             },
             Some(&CMD_OBJECTS_DELETED) => match serde_json::from_slice(body) {
                 Ok(cmd) => self.objects_deleted(cmd),
+                Err(_) => corrupt(self),
+            },
+            Some(&CMD_PAGE_SEALED) => match serde_json::from_slice(body) {
+                Ok(cmd) => self.page_sealed(cmd),
                 Err(_) => corrupt(self),
             },
             Some(&BARE_BATCH) => self.append(log_id, bytes.clone()),
@@ -652,6 +819,12 @@ impl ApplyState for PartitionLog {
             changed
         });
     }
+}
+
+/// The entry of `entries` (in offset order) holding `offset`.
+pub fn find_entry(entries: &[ChunkRef], offset: i64) -> Option<&ChunkRef> {
+    let i = entries.partition_point(|c| c.last_offset < offset);
+    entries.get(i).filter(|c| c.base_offset <= offset)
 }
 
 #[cfg(test)]

@@ -173,3 +173,89 @@ fn the_untiered_tail_is_cut_into_chunks_below_the_end() {
         .sum();
     assert_eq!(below, 2);
 }
+
+/// `log_with_chunks` with its first two entries (offsets 0..=7) sealed into a page.
+fn log_with_page() -> (PartitionLog, PageRef, Vec<ChunkRef>) {
+    let mut log = log_with_chunks();
+    let entries = log.chunks()[..2].to_vec();
+    let page = PageRef::new("page-0-7".into(), &entries, 77).expect("entries");
+    let r = run(
+        &mut log,
+        40,
+        page_sealed_command(&page, "c-0-3".into(), "c-4-7".into()),
+    );
+    assert_eq!((r.error, r.base_offset), (code::NONE, 0));
+    (log, page, entries)
+}
+
+#[test]
+fn sealing_swaps_the_oldest_entries_for_a_page_and_reads_find_it() {
+    let (mut log, page, _) = log_with_page();
+    assert_eq!(log.pages(), std::slice::from_ref(&page));
+    assert_eq!(log.chunks(), [chunk(8, 11, 50, 100)]);
+    assert_eq!((page.max_timestamp, page.bytes, page.entries), (30, 200, 2));
+    assert!(matches!(log.plan_read(5, 1), ReadPlan::Page(p) if p == page));
+    assert!(matches!(log.plan_read(8, 1), ReadPlan::Chunk(c) if c.key == "c-8-11"));
+    assert!(log.references("page-0-7") && log.references("c-8-11"));
+    assert!(!log.references("c-0-3"));
+
+    // The same proposal again, keys that are not the oldest entries, or a page that
+    // would leave nothing open: refused, and nothing changes.
+    let again = page_sealed_command(&page, "c-0-3".into(), "c-4-7".into());
+    assert_eq!(run(&mut log, 41, again).error, code::INVALID_REQUEST);
+    let last = PageRef::new("page-8-11".into(), &[chunk(8, 11, 50, 100)], 1).expect("entry");
+    let all = page_sealed_command(&last, "c-8-11".into(), "c-8-11".into());
+    assert_eq!(run(&mut log, 42, all).error, code::INVALID_REQUEST);
+    assert_eq!((log.pages().len(), log.chunks().len()), (1, 1));
+
+    // Snapshots carry the page reference, not its entries.
+    let restored = PartitionLog::from_snapshot(&log.to_snapshot().expect("snap")).expect("restore");
+    assert_eq!(restored.pages(), log.pages());
+    assert_eq!(restored.chunks(), log.chunks());
+}
+
+#[test]
+fn lookups_by_time_open_a_page_only_when_the_answer_is_inside_it() {
+    let (mut log, page, entries) = log_with_page();
+    // Timestamp 20: the page's newest is 30, so the answer is inside it.
+    assert!(matches!(log.find_timestamp(20, &[]), Some(ReadPlan::Page(p)) if p == page));
+    let open = [(&page, entries.as_slice())];
+    assert!(matches!(log.find_timestamp(20, &open), Some(ReadPlan::Chunk(c)) if c.key == "c-4-7"));
+    assert!(matches!(log.find_timestamp(40, &[]), Some(ReadPlan::Chunk(c)) if c.key == "c-8-11"));
+
+    // Once the log start is inside the page, the page straddles it: its summary counts
+    // the expired entry, so lookups and retention look at its entries.
+    run(&mut log, 50, delete_records_command(5, 1_000));
+    assert_eq!(log.straddling_page(), Some(&page));
+    assert_eq!(
+        log.pages().len(),
+        1,
+        "a page leaves only when all of it is below"
+    );
+    let keys = |open| {
+        log.units(open)
+            .map(|u| match u {
+                Unit::Page(p) => p.key.clone(),
+                Unit::Chunk(c) => c.key.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&[]), ["page-0-7", "c-8-11"]);
+    assert_eq!(keys(&open), ["c-4-7", "c-8-11"]);
+}
+
+#[test]
+fn a_page_wholly_below_the_log_start_goes_to_gc_as_a_page() {
+    let (mut log, _, _) = log_with_page();
+    run(&mut log, 50, delete_records_command(9, 2_000));
+    assert!(log.pages().is_empty());
+    assert_eq!(log.straddling_page(), None);
+    let d = &log.deleted()[0];
+    assert_eq!(
+        (d.chunk.key.as_str(), d.page, d.since_ms),
+        ("page-0-7", true, 2_000)
+    );
+    assert_eq!(d.chunk.size, 77);
+    // Chunk 8..=11 holds the new start and stays.
+    assert_eq!(log.chunks().len(), 1);
+}

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod log;
+pub mod page;
 pub mod producers;
 mod registry;
 

@@ -24,7 +24,7 @@ use chronik_metastore::state_machine::StateMachine;
 use chronik_metastore::types::{GroupId, NodeId, Raft, FIRST_PARTITION_GROUP};
 
 use super::batch::write_with_offset;
-use super::log::{BatchLocation, PartitionLog, ReadPlan};
+use super::log::{BatchLocation, ChunkRef, OpenPages, PageRef, PartitionLog, ReadPlan};
 use crate::tiering::Tier;
 
 /// One partition replica on this node.
@@ -92,7 +92,62 @@ impl Partition {
                 let batches = self.tier.read_chunk(&chunk).await?;
                 Ok(concat(batches.iter().map(|b| &b.data)))
             }
+            ReadPlan::Page(page) => Err(format!(
+                "manifest page {} must be opened before it is read",
+                page.key
+            )),
         }
+    }
+
+    /// The first chunk or tail batch whose max timestamp is at or after `timestamp`
+    /// (ListOffsets by time), opening sealed manifest pages as needed.
+    pub async fn find_timestamp(&self, timestamp: i64) -> Result<Option<ReadPlan>, String> {
+        self.look_in_pages(|log, open| log.find_timestamp(timestamp, open))
+            .await
+    }
+
+    /// Where the largest timestamp lives and its value (ListOffsets MAX_TIMESTAMP),
+    /// opening sealed manifest pages as needed.
+    pub async fn max_timestamp(&self) -> Result<Option<(ReadPlan, i64)>, String> {
+        self.look_in_pages(|log, open| log.max_timestamp_plan(open))
+            .await
+    }
+
+    /// Runs a manifest lookup that may answer "look inside this page": with the page that
+    /// straddles the log start open from the start (its summary counts expired entries),
+    /// then with each page it names open, until it answers a chunk or the tail. Every page
+    /// after the straddling one is wholly live, so its summary is exact and the second look
+    /// finds the entry inside it.
+    async fn look_in_pages<T: PlanOf>(
+        &self,
+        lookup: impl Fn(&PartitionLog, OpenPages<'_>) -> Option<T>,
+    ) -> Result<Option<T>, String> {
+        let mut open: Vec<(PageRef, Arc<Vec<ChunkRef>>)> = Vec::new();
+        let straddling = self.log.read().straddling_page().cloned();
+        if let Some(p) = straddling {
+            open.push((p.clone(), self.tier.page(&p).await?));
+        }
+        // The straddling page, then the one the answer lies in. Retention may move the log
+        // start meanwhile, making another page straddle: each pass opens one more page,
+        // so this ends within one pass per page.
+        let passes = self.log.read().pages().len() + 2;
+        for _ in 0..passes {
+            let found = {
+                let log = self.log.read();
+                let refs: Vec<(&PageRef, &[ChunkRef])> =
+                    open.iter().map(|(p, e)| (p, e.as_slice())).collect();
+                lookup(&log, &refs)
+            };
+            match found.as_ref().map(PlanOf::plan) {
+                Some(ReadPlan::Page(p)) if !open.iter().any(|(o, _)| o.key == p.key) => {
+                    let p = p.clone();
+                    let entries = self.tier.page(&p).await?;
+                    open.push((p, entries));
+                }
+                _ => return Ok(found),
+            }
+        }
+        Err("manifest lookup did not settle: a manifest page does not match its summary".into())
     }
 
     /// Batches from the one holding `offset`, up to `max_bytes`; with `first`, at least one
@@ -107,8 +162,8 @@ impl Partition {
             let log = self.log.read();
             log.plan_read(offset, if first { max_bytes.max(1) } else { max_bytes })
         };
-        match plan {
-            ReadPlan::Empty => Ok(Bytes::new()),
+        let (chunk, prev, next) = match plan {
+            ReadPlan::Empty => return Ok(Bytes::new()),
             ReadPlan::Tail(batches) => {
                 if !first
                     && batches
@@ -117,37 +172,60 @@ impl Partition {
                 {
                     return Ok(Bytes::new());
                 }
-                Ok(self.read(&batches))
+                return Ok(self.read(&batches));
             }
             ReadPlan::Chunk(chunk) => {
-                let batches = self.tier.read_chunk(&chunk).await?;
-                // Read-ahead: a consumer reading tiered data sequentially wants the next
-                // object next; start loading it into the cache while this one is served.
-                // The object before this one it has read past: that one goes first.
-                let (prev, next) = {
-                    let log = self.log.read();
-                    let prev = log.chunk_for(chunk.base_offset - 1).map(|c| c.key.clone());
-                    (prev, log.chunk_for(chunk.last_offset + 1).cloned())
-                };
-                if let Some(prev) = prev {
-                    self.tier.cache().demote(&prev);
-                }
-                if let Some(next) = next {
-                    self.tier.prefetch(next);
-                }
-                let mut picked = Vec::new();
-                let mut total = 0usize;
-                for b in batches.iter().filter(|b| b.last_offset >= offset) {
-                    let over = total + b.data.len() > max_bytes;
-                    if over && (!picked.is_empty() || !first) {
-                        break;
-                    }
-                    total += b.data.len();
-                    picked.push(&b.data);
-                }
-                Ok(concat(picked.into_iter()))
+                let log = self.log.read();
+                let prev = log.chunk_for(chunk.base_offset - 1).cloned();
+                let next = log.chunk_for(chunk.last_offset + 1).cloned();
+                (chunk, prev, next)
             }
+            ReadPlan::Page(page) => {
+                let (prev, chunk, next) = self.tier.entry_in_page(&page, offset).await?;
+                // The last entry of a page is followed by the next page or the open part.
+                let next =
+                    next.or_else(|| self.log.read().chunk_for(chunk.last_offset + 1).cloned());
+                (chunk, prev, next)
+            }
+        };
+        let batches = self.tier.read_chunk(&chunk).await?;
+        // Read-ahead: a consumer reading tiered data sequentially wants the next object
+        // next; start loading it into the cache while this one is served. The object
+        // before this one it has read past: that one goes first.
+        if let Some(prev) = prev {
+            self.tier.cache().demote(&prev.key);
         }
+        if let Some(next) = next {
+            self.tier.prefetch(next);
+        }
+        let mut picked = Vec::new();
+        let mut total = 0usize;
+        for b in batches.iter().filter(|b| b.last_offset >= offset) {
+            let over = total + b.data.len() > max_bytes;
+            if over && (!picked.is_empty() || !first) {
+                break;
+            }
+            total += b.data.len();
+            picked.push(&b.data);
+        }
+        Ok(concat(picked.into_iter()))
+    }
+}
+
+/// A lookup's answer that carries a read plan.
+trait PlanOf {
+    fn plan(&self) -> &ReadPlan;
+}
+
+impl PlanOf for ReadPlan {
+    fn plan(&self) -> &ReadPlan {
+        self
+    }
+}
+
+impl PlanOf for (ReadPlan, i64) {
+    fn plan(&self) -> &ReadPlan {
+        &self.0
     }
 }
 

@@ -8,16 +8,17 @@
 //! between the two only repeats a delete. A key that is (again) in the manifest is never
 //! deleted.
 
-use crate::partition::log::{ChunkRef, PartitionLog};
+use crate::partition::log::{DeletedChunk, PartitionLog};
 
-/// The objects whose grace period has passed, oldest first, at most `limit`.
-pub fn gc_due(log: &PartitionLog, now_ms: i64, grace_ms: i64, limit: usize) -> Vec<ChunkRef> {
+/// The objects whose grace period has passed, oldest first, at most `limit`. A sealed
+/// manifest page that is due takes the objects it names with it.
+pub fn gc_due(log: &PartitionLog, now_ms: i64, grace_ms: i64, limit: usize) -> Vec<DeletedChunk> {
     log.deleted()
         .iter()
         .filter(|d| d.since_ms.saturating_add(grace_ms) <= now_ms)
-        .filter(|d| !log.chunks().iter().any(|c| c.key == d.chunk.key))
+        .filter(|d| !log.references(&d.chunk.key))
         .take(limit)
-        .map(|d| d.chunk.clone())
+        .cloned()
         .collect()
 }
 
@@ -25,7 +26,7 @@ pub fn gc_due(log: &PartitionLog, now_ms: i64, grace_ms: i64, limit: usize) -> V
 mod tests {
     use super::*;
     use crate::partition::log::{
-        append_command, chunk_tiered_command, delete_records_command, AppendResult,
+        append_command, chunk_tiered_command, delete_records_command, AppendResult, ChunkRef,
     };
     use chronik_metastore::state_machine::ApplyState;
     use chronik_metastore::types::Command;
@@ -54,7 +55,7 @@ mod tests {
         }
         run(&mut log, 20, delete_records_command(1, 1_000));
         run(&mut log, 21, delete_records_command(2, 2_000));
-        let keys = |v: Vec<ChunkRef>| v.into_iter().map(|c| c.key).collect::<Vec<_>>();
+        let keys = |v: Vec<DeletedChunk>| v.into_iter().map(|d| d.chunk.key).collect::<Vec<_>>();
         assert!(gc_due(&log, 1_499, 500, 10).is_empty());
         assert_eq!(keys(gc_due(&log, 1_500, 500, 10)), vec!["k0"]);
         assert_eq!(keys(gc_due(&log, 9_000, 500, 10)), vec!["k0", "k1"]);

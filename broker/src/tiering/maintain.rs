@@ -11,23 +11,27 @@ use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 use chronik_tiering::chunk::{ChunkReader, ChunkWriter};
 use chronik_tiering::layout;
 
 use super::compaction::plan_compaction;
 use super::gc::gc_due;
-use super::retention::{retention_cutoff, RetentionPolicy};
+use super::retention::{may_cut_inside, retention_cutoff, RetentionPolicy};
 use super::Tier;
 use crate::errors::code;
 use crate::partition::batch::BatchHeader;
 use crate::partition::log::{
     compacted_command, delete_records_command, objects_deleted_command, AppendResult, ChunkRef,
+    PageRef,
 };
 use crate::partition::Partition;
 
 /// Objects deleted per partition per step, so one step stays short.
 const GC_BATCH: usize = 100;
+/// Deletes in flight while GC removes the objects a manifest page names.
+const PAGE_DELETES_AT_ONCE: usize = 16;
 
 /// The wall clock, Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -46,12 +50,42 @@ impl Tier {
     ) -> Result<(), String> {
         self.apply_retention(p, retention).await?;
         self.compact(p).await?;
+        self.seal_page(p).await?;
         self.collect_garbage(p).await
     }
 
     async fn apply_retention(&self, p: &Partition, policy: &RetentionPolicy) -> Result<(), String> {
+        if policy.retention_ms < 0 && policy.retention_bytes < 0 {
+            return Ok(());
+        }
         let now = now_ms();
-        let Some(cutoff) = retention_cutoff(&p.log.read(), policy, now) else {
+        // The first live page counts entry by entry when the cut may fall inside it (or
+        // it straddles the log start, so its summary counts expired entries): the log
+        // start then moves through it chunk by chunk, as it would without pages.
+        let first = {
+            let log = p.log.read();
+            log.first_live_page()
+                .filter(|pg| {
+                    log.straddling_page().is_some() || may_cut_inside(&log, pg, policy, now)
+                })
+                .cloned()
+        };
+        let open = match &first {
+            Some(page) => match self.page(page).await {
+                Ok(entries) => Some((page, entries)),
+                Err(err) => {
+                    // Retention waits for the page; compaction and GC go on.
+                    tracing::warn!(topic = %p.topic, partition = p.index, %err, "retention skipped");
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
+        let open: Vec<(&PageRef, &[ChunkRef])> = open
+            .iter()
+            .map(|(page, entries)| (*page, entries.as_slice()))
+            .collect();
+        let Some(cutoff) = retention_cutoff(&p.log.read(), policy, now, &open) else {
             return Ok(());
         };
         let res = self
@@ -111,7 +145,7 @@ impl Tier {
             .await
             .map_err(|e| format!("commit segment {key}: {e}"))?;
         if res.error != code::NONE {
-            let referenced = p.log.read().chunks().iter().any(|c| c.key == key);
+            let referenced = p.log.read().references(&key);
             if !referenced {
                 let _ = self.bucket.delete(&key).await;
             }
@@ -131,12 +165,16 @@ impl Tier {
             return Ok(());
         }
         let mut keys = Vec::with_capacity(due.len());
-        for c in due {
+        for d in due {
+            if d.page {
+                self.delete_page_objects(p, &d.chunk).await?;
+            }
+            let key = d.chunk.key;
             self.bucket
-                .delete(&c.key)
+                .delete(&key)
                 .await
-                .map_err(|e| format!("delete {}: {e}", c.key))?;
-            keys.push(c.key);
+                .map_err(|e| format!("delete {key}: {e}"))?;
+            keys.push(key);
         }
         let n = keys.len() as u64;
         self.propose(p, objects_deleted_command(keys))
@@ -146,7 +184,73 @@ impl Tier {
         Ok(())
     }
 
-    async fn propose(
+    /// Deletes the objects a sealed page names (the page itself goes after them, so a
+    /// crash in between repeats this; a page already gone had its objects deleted).
+    async fn delete_page_objects(&self, p: &Partition, page: &ChunkRef) -> Result<(), String> {
+        let page_key = &page.key;
+        let bytes = match self.bucket.get(page_key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(format!("read manifest page {page_key} for gc: {e}")),
+        };
+        let entries = crate::partition::page::decode_entries(page_key, &bytes)?;
+        // Delete only what this page may name: this partition's chunks and segments in
+        // the page's offset range. Anything else means the object is not the page that
+        // was sealed; GC stops there rather than delete the wrong objects.
+        for c in &entries {
+            let inside = match layout::parse_key(&c.key) {
+                Ok(
+                    layout::ObjectKey::Chunk {
+                        topic_id,
+                        partition,
+                        base_offset,
+                        last_offset,
+                    }
+                    | layout::ObjectKey::Segment {
+                        topic_id,
+                        partition,
+                        base_offset,
+                        last_offset,
+                    },
+                ) => {
+                    topic_id == p.topic_id
+                        && partition == p.index
+                        && base_offset >= page.base_offset
+                        && last_offset <= page.last_offset
+                }
+                _ => false,
+            };
+            if !inside {
+                return Err(format!(
+                    "manifest page {page_key} names {}, outside the page; not deleting it",
+                    c.key
+                ));
+            }
+        }
+        let keys: Vec<String> = {
+            let log = p.log.read();
+            entries
+                .into_iter()
+                .map(|c| c.key)
+                .filter(|k| !log.references(k))
+                .collect()
+        };
+        // A page names hundreds of objects: delete several at a time, so a bucket with
+        // tens of milliseconds per request does not hold up this partition's upkeep.
+        let mut deletes = futures::stream::iter(keys.into_iter().map(|key| async move {
+            self.bucket
+                .delete(&key)
+                .await
+                .map_err(|e| format!("delete {key}: {e}"))
+        }))
+        .buffer_unordered(PAGE_DELETES_AT_ONCE);
+        while let Some(done) = deletes.next().await {
+            done?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn propose(
         &self,
         p: &Partition,
         cmd: chronik_metastore::types::Command,

@@ -17,6 +17,7 @@ pub mod compaction;
 pub mod gc;
 mod maintain;
 mod metrics;
+mod pages;
 pub mod retention;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,7 @@ use crate::partition::{Partition, Registry};
 pub use cache::ChunkCache;
 pub use maintain::now_ms;
 pub use metrics::render_group_progress;
+pub use pages::MAX_PAGE_ENTRIES;
 
 #[derive(Clone, Debug)]
 pub struct TierConfig {
@@ -49,6 +51,8 @@ pub struct TierConfig {
     /// How long an object that left a manifest stays in the bucket before GC deletes it.
     pub gc_grace_ms: u64,
     pub compaction: compaction::CompactionPolicy,
+    /// Entries per sealed manifest page (see `pages`).
+    pub page_entries: usize,
 }
 
 /// Whether a partition's chunks are worth a zstd trial. [`ChunkWriter`] decides per chunk
@@ -119,6 +123,8 @@ pub struct Tier {
     uploads: tokio::sync::Semaphore,
     /// When each partition group last snapshotted (at most one snapshot per interval).
     snapshotted: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
+    /// Sealed manifest pages read or written last.
+    pages: parking_lot::Mutex<pages::PageCache>,
 }
 
 impl Tier {
@@ -131,6 +137,7 @@ impl Tier {
             wake: tokio::sync::Notify::new(),
             uploads: tokio::sync::Semaphore::new(UPLOADS_PER_NODE),
             snapshotted: Default::default(),
+            pages: Default::default(),
         })
     }
 

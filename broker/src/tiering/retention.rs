@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::partition::log::PartitionLog;
+use crate::partition::log::{OpenPages, PageRef, PartitionLog};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -40,31 +40,55 @@ impl RetentionPolicy {
     }
 }
 
+/// Whether retention's next cut may fall inside `page`, the first live page, so that it
+/// must be opened to cut entry by entry (as a whole unit it would stay until all of it
+/// expired). Retention walks oldest first and stops at the first unit that stays, so a cut
+/// inside the page needs an entry of it old enough, or the partition over its size limit.
+pub fn may_cut_inside(
+    log: &PartitionLog,
+    page: &PageRef,
+    policy: &RetentionPolicy,
+    now_ms: i64,
+) -> bool {
+    let by_time =
+        policy.retention_ms >= 0 && page.min_timestamp < now_ms.saturating_sub(policy.retention_ms);
+    let by_size = policy.retention_bytes >= 0 && {
+        let tail: u64 = log.tail().iter().map(|b| b.bytes as u64).sum();
+        let total: u64 = log.units(&[]).map(|u| u.bytes()).sum::<u64>() + tail;
+        total > policy.retention_bytes as u64
+    };
+    by_time || by_size
+}
+
 /// One deletable unit: (last offset, largest timestamp, bytes).
 type Unit = (i64, i64, u64);
 
 /// The offset before which data has expired, if that is past the current log start.
-pub fn retention_cutoff(log: &PartitionLog, policy: &RetentionPolicy, now_ms: i64) -> Option<i64> {
+///
+/// A sealed manifest page counts as one unit (its newest timestamp, the bytes it names),
+/// except the `open` ones (pass the page straddling the log start, see
+/// [`PartitionLog::straddling_page`]), which count entry by entry.
+pub fn retention_cutoff(
+    log: &PartitionLog,
+    policy: &RetentionPolicy,
+    now_ms: i64,
+    open: OpenPages<'_>,
+) -> Option<i64> {
     let start = log.log_start_offset();
-    let units: Vec<Unit> = log
-        .chunks()
-        .iter()
-        .map(|c| (c.last_offset, c.max_timestamp, c.size))
-        .chain(
-            log.tail()
-                .iter()
-                .map(|b| (b.last_offset, b.max_timestamp, b.bytes as u64)),
-        )
-        .filter(|(last, _, _)| *last >= start)
+    let mut units: Vec<Unit> = log
+        .units(open)
+        .map(|u| (u.last_offset(), u.max_timestamp(), u.bytes()))
         .collect();
     // Like Kafka's active segment, the newest data is never deleted by retention: the
     // untiered tail and the newest chunk stay, whatever their timestamps (a producer may
     // send old timestamps; Kafka keeps those until their segment rolls).
-    let live = log
-        .chunks()
-        .iter()
-        .filter(|c| c.last_offset >= start)
-        .count();
+    let live = units.len();
+    units.extend(
+        log.tail()
+            .iter()
+            .map(|b| (b.last_offset, b.max_timestamp, b.bytes as u64))
+            .filter(|(last, _, _)| *last >= start),
+    );
     let deletable = &units[..live.saturating_sub(1)];
     let mut cutoff = start;
     if policy.retention_ms >= 0 {
@@ -140,15 +164,15 @@ mod tests {
     #[test]
     fn time_retention_expires_whole_units_oldest_first() {
         let log = log();
-        assert_eq!(retention_cutoff(&log, &policy(-1, -1), 10_000), None);
+        assert_eq!(retention_cutoff(&log, &policy(-1, -1), 10_000, &[]), None);
         // Nothing older than now - ms.
-        assert_eq!(retention_cutoff(&log, &policy(1_000, -1), 1_000), None);
+        assert_eq!(retention_cutoff(&log, &policy(1_000, -1), 1_000, &[]), None);
         // The first chunk (max ts 200) is older than 250; the second (400) is not.
-        assert_eq!(retention_cutoff(&log, &policy(50, -1), 300), Some(4));
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 300, &[]), Some(4));
         // The second chunk expired too, but it is the newest: like Kafka's active segment,
         // it stays, and so does the tail.
-        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451), Some(4));
-        assert_eq!(retention_cutoff(&log, &policy(0, -1), 10_000), Some(4));
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451, &[]), Some(4));
+        assert_eq!(retention_cutoff(&log, &policy(0, -1), 10_000, &[]), Some(4));
     }
 
     #[test]
@@ -156,21 +180,27 @@ mod tests {
         let log = log();
         let tail = log.tail()[0].bytes as i64;
         // Total = 2000 + tail. Dropping the first chunk leaves 1000 + tail >= limit.
-        assert_eq!(retention_cutoff(&log, &policy(-1, 1000 + tail), 0), Some(4));
-        assert_eq!(retention_cutoff(&log, &policy(-1, 1001 + tail), 0), None);
+        assert_eq!(
+            retention_cutoff(&log, &policy(-1, 1000 + tail), 0, &[]),
+            Some(4)
+        );
+        assert_eq!(
+            retention_cutoff(&log, &policy(-1, 1001 + tail), 0, &[]),
+            None
+        );
         // Never the newest chunk or the tail, however small the limit.
-        assert_eq!(retention_cutoff(&log, &policy(-1, tail), 0), Some(4));
-        assert_eq!(retention_cutoff(&log, &policy(-1, 0), 0), Some(4));
-        assert_eq!(retention_cutoff(&log, &policy(-1, 1 << 40), 0), None);
+        assert_eq!(retention_cutoff(&log, &policy(-1, tail), 0, &[]), Some(4));
+        assert_eq!(retention_cutoff(&log, &policy(-1, 0), 0, &[]), Some(4));
+        assert_eq!(retention_cutoff(&log, &policy(-1, 1 << 40), 0, &[]), None);
     }
 
     #[test]
     fn cutoff_is_relative_to_the_current_log_start() {
         let mut log = log();
         run(&mut log, 20, delete_records_command(4, 0));
-        assert_eq!(retention_cutoff(&log, &policy(50, -1), 300), None);
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 300, &[]), None);
         // What is left is the newest chunk and the tail: nothing more to delete.
-        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451), None);
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451, &[]), None);
     }
 
     #[test]
@@ -186,5 +216,58 @@ mod tests {
         ]
         .into();
         assert_eq!(RetentionPolicy::from_configs(&set), policy(-1, 4096));
+    }
+
+    #[test]
+    fn the_first_page_is_opened_when_the_cut_falls_inside_it() {
+        use crate::partition::log::{page_sealed_command, PageRef};
+        let mut log = log();
+        // The tail batch (offsets 8..=9, timestamp 500) tiered too, then k0 and k1 sealed
+        // into one page: newest timestamp 400, oldest entry 200.
+        let k2 = ChunkRef {
+            key: "k2".into(),
+            base_offset: 8,
+            last_offset: 9,
+            max_timestamp: 500,
+            size: 1000,
+        };
+        assert_eq!(run(&mut log, 20, chunk_tiered_command(&k2)).error, 0);
+        let entries = log.chunks()[..2].to_vec();
+        let page = PageRef::new("page".into(), &entries, 10).expect("entries");
+        assert_eq!(
+            run(
+                &mut log,
+                21,
+                page_sealed_command(&page, "k0".into(), "k1".into())
+            )
+            .error,
+            0
+        );
+        let open = [(&page, entries.as_slice())];
+
+        // Everything older than 250: as one unit the page stays (its newest is 400), but
+        // its first entry (200) has expired, so retention opens it and cuts inside.
+        let p = policy(50, -1);
+        assert_eq!(log.first_live_page(), Some(&page));
+        assert!(may_cut_inside(&log, &page, &p, 300));
+        assert_eq!(retention_cutoff(&log, &p, 300, &[]), None);
+        assert_eq!(retention_cutoff(&log, &p, 300, &open), Some(4));
+        // Nothing in it old enough: no need to open it.
+        assert!(!may_cut_inside(&log, &page, &p, 200));
+        // Over the size limit by one entry: the same cut.
+        let by_size = policy(-1, 1000 + tail_bytes(&log) as i64 + 1000);
+        assert!(may_cut_inside(&log, &page, &by_size, 0));
+        assert_eq!(retention_cutoff(&log, &by_size, 0, &open), Some(4));
+        assert!(!may_cut_inside(&log, &page, &policy(-1, 1 << 40), 0));
+
+        // Once the log start is inside the page, it straddles it.
+        run(&mut log, 22, delete_records_command(4, 0));
+        assert_eq!(log.straddling_page(), Some(&page));
+        // Everything older than 450: k1 (400) goes, k2 (the newest entry) stays.
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 500, &open), Some(8));
+    }
+
+    fn tail_bytes(log: &PartitionLog) -> u64 {
+        log.tail().iter().map(|b| b.bytes as u64).sum()
     }
 }
