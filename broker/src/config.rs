@@ -83,6 +83,10 @@ pub struct Config {
     /// segments are open, the oldest this many move into a page object in the bucket, so
     /// snapshots and bootstrap stay small however long a partition's history.
     pub manifest_page_entries: u64,
+    /// An idempotent producer that has not written to a partition for this long is
+    /// forgotten there (Kafka's `producer.id.expiration.ms`), so producer state does not
+    /// grow with every producer that ever wrote.
+    pub producer_id_expiration_ms: u64,
     pub raft_heartbeat_interval_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
@@ -128,6 +132,7 @@ impl Default for Config {
             compaction_min_chunks: 8,
             segment_bytes: 64 << 20,
             manifest_page_entries: 512,
+            producer_id_expiration_ms: 86_400_000,
             raft_heartbeat_interval_ms: 100,
             raft_election_timeout_min_ms: 300,
             raft_election_timeout_max_ms: 600,
@@ -180,6 +185,9 @@ impl Config {
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             bail!("group-min-session-timeout-ms must not exceed group-max-session-timeout-ms");
         }
+        if self.producer_id_expiration_ms == 0 {
+            bail!("producer-id-expiration-ms must be at least 1");
+        }
         let max_page = crate::tiering::MAX_PAGE_ENTRIES as u64;
         if !(2..=max_page).contains(&self.manifest_page_entries) {
             bail!(
@@ -229,6 +237,7 @@ impl Config {
             concurrency: 8,
             gc_grace_ms: self.gc_grace_ms,
             page_entries: self.manifest_page_entries.max(1) as usize,
+            producer_id_expiration_ms: self.producer_id_expiration_ms.max(1),
             compaction: crate::tiering::compaction::CompactionPolicy {
                 min_chunks: self.compaction_min_chunks.max(2) as usize,
                 segment_bytes: self.segment_bytes,

@@ -150,6 +150,10 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     manifest_page_entries: Option<u64>,
+    /// Milliseconds after which an idle idempotent producer is forgotten [default: 86400000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer_id_expiration_ms: Option<u64>,
     /// How often a Raft group with new entries is snapshotted and its WAL purged [default: 1000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,7 @@ hand-built v2 batches (kraw.py), including across a kill -9 restart."""
 from __future__ import annotations
 
 import struct
+import time
 
 import kraw
 import kwire
@@ -85,11 +86,15 @@ def test_idempotent_dedup_gap_and_state_survives_kill9(broker):
         assert kraw.produce(c, topic, [(0, b1)], corr=3)[0] == kraw.ProducePart(0, 0, 3)
         gap = kraw.record_batch([b"x"], pid, epoch, 9)
         assert kraw.produce(c, topic, [(0, gap)], corr=4)[0].error == kraw.ERR_OUT_OF_ORDER_SEQUENCE
-        # An unknown producer id that does not start at sequence 0 is out of order too.
+        # A producer id the partition does not know starts at any sequence, as in Kafka
+        # since KIP-360 (its state may have expired, or its batches been deleted).
         stranger = kraw.record_batch([b"x"], pid + 1000, 0, 5)
-        assert kraw.produce(c, topic, [(0, stranger)], corr=5)[0].error == \
+        assert kraw.produce(c, topic, [(0, stranger)], corr=5)[0] == kraw.ProducePart(0, 0, 5)
+        # ... and from then on it is known: a gap after it is out of order.
+        gap = kraw.record_batch([b"y"], pid + 1000, 0, 9)
+        assert kraw.produce(c, topic, [(0, gap)], corr=55)[0].error == \
             kraw.ERR_OUT_OF_ORDER_SEQUENCE
-    assert hwm(broker, topic) == 5
+    assert hwm(broker, topic) == 6
 
     broker.kill9()
     broker.start()
@@ -100,7 +105,41 @@ def test_idempotent_dedup_gap_and_state_survives_kill9(broker):
         gap = kraw.record_batch([b"x"], pid, epoch, 6)
         assert kraw.produce(c, topic, [(0, gap)], corr=8)[0].error == kraw.ERR_OUT_OF_ORDER_SEQUENCE
         b2 = kraw.record_batch([b"5"], pid, epoch, 5)
-        assert kraw.produce(c, topic, [(0, b2)], corr=9)[0] == kraw.ProducePart(0, 0, 5)
+        assert kraw.produce(c, topic, [(0, b2)], corr=9)[0] == kraw.ProducePart(0, 0, 6)
         (p,) = kraw.fetch(c, topic, [(0, 0, 1 << 20)])
-        assert p.high_watermark == 6
-        assert [(base, n) for base, n, _ in p.batches()] == [(0, 3), (3, 2), (5, 1)]
+        assert p.high_watermark == 7
+        assert [(base, n) for base, n, _ in p.batches()] == [(0, 3), (3, 2), (5, 1), (6, 1)]
+
+
+def test_idle_idempotent_producers_are_forgotten_and_busy_ones_kept(broker_factory):
+    # Producers idle for 1.5 s are forgotten (checked every ~0.4 s, on the 0.2 s upkeep).
+    broker = broker_factory(extra_args=["--producer-id-expiration-ms", "1500",
+                                        "--tiering-interval-ms", "200"])
+    topic = new_topic(broker, "raw-expiry")
+    with kwire.Conn(broker.kafka_port) as c:
+        idle, epoch = kraw.init_producer_id(c)
+        busy, _ = kraw.init_producer_id(c)
+        now = int(time.time() * 1000)  # recent, so retention keeps it
+        first = kraw.record_batch([b"a"], idle, epoch, 0, timestamp=now)
+        assert kraw.produce(c, topic, [(0, first)], corr=1)[0] == kraw.ProducePart(0, 0, 0)
+        # A retry is recognised while the producer is remembered.
+        assert kraw.produce(c, topic, [(0, first)], corr=2)[0] == kraw.ProducePart(0, 0, 0)
+        # The busy producer writes every 0.3 s for 4 s, the idle one not at all.
+        seq, corr = 0, 10
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            b = kraw.record_batch([b"b"], busy, epoch, seq, timestamp=now)
+            assert kraw.produce(c, topic, [(0, b)], corr=corr)[0].error == 0
+            last, seq, corr = b, seq + 1, corr + 1
+            time.sleep(0.3)
+        # The busy one is still known: its last batch again is a duplicate, a gap is refused.
+        before = hwm(broker, topic)
+        assert kraw.produce(c, topic, [(0, last)], corr=corr)[0].base_offset == before - 1
+        gap = kraw.record_batch([b"b"], busy, epoch, seq + 3, timestamp=now)
+        assert kraw.produce(c, topic, [(0, gap)], corr=corr + 1)[0].error == \
+            kraw.ERR_OUT_OF_ORDER_SEQUENCE
+        # The idle one was forgotten: the same retry now appends again, as Kafka does
+        # once producer.id.expiration.ms has passed.
+        (p,) = kraw.produce(c, topic, [(0, first)], corr=corr + 2)
+        assert (p.error, p.base_offset) == (0, before)
+    assert hwm(broker, topic) == before + 1

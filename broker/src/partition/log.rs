@@ -49,6 +49,7 @@ const CMD_DELETE_RECORDS: u8 = 3;
 const CMD_COMPACTED: u8 = 4;
 const CMD_OBJECTS_DELETED: u8 = 5;
 const CMD_PAGE_SEALED: u8 = 6;
+const CMD_PRODUCERS_EXPIRED: u8 = 7;
 /// Offset of the batch inside a prefixed append command (after the kind byte).
 pub const APPEND_BATCH_POS: usize = 1;
 
@@ -123,6 +124,24 @@ pub fn page_sealed_command(page: &PageRef, first_key: String, last_key: String) 
             last_key,
         },
     )
+}
+
+/// Forgets idempotent producers whose last batch is older than `now_ms - expiration_ms`
+/// (`now_ms` is the proposer's clock).
+pub fn producers_expired_command(now_ms: i64, expiration_ms: i64) -> Command {
+    json_command(
+        CMD_PRODUCERS_EXPIRED,
+        &ProducersExpired {
+            now_ms,
+            expiration_ms,
+        },
+    )
+}
+
+#[derive(Serialize, Deserialize)]
+struct ProducersExpired {
+    now_ms: i64,
+    expiration_ms: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -415,6 +434,12 @@ impl PartitionLog {
     /// The untiered tail, oldest first.
     pub fn tail(&self) -> &[BatchLocation] {
         &self.batches
+    }
+
+    /// Whether some idempotent producer's last batch is older than `before_ms` (or has no
+    /// timestamp yet): then a `ProducersExpired` command has work to do.
+    pub fn producers_to_expire(&self, before_ms: i64) -> bool {
+        self.producers.any_expired(before_ms)
     }
 
     /// Objects that left the manifest and await garbage collection.
@@ -750,6 +775,17 @@ impl ApplyState for PartitionLog {
                 Ok(cmd) => self.page_sealed(cmd),
                 Err(_) => corrupt(self),
             },
+            Some(&CMD_PRODUCERS_EXPIRED) => match serde_json::from_slice(body) {
+                Ok(ProducersExpired {
+                    now_ms,
+                    expiration_ms,
+                }) => {
+                    let before = now_ms.saturating_sub(expiration_ms);
+                    let gone = self.producers.expire(before, now_ms);
+                    self.result(code::NONE, gone as i64)
+                }
+                Err(_) => corrupt(self),
+            },
             Some(&BARE_BATCH) => self.append(log_id, bytes.clone()),
             _ => corrupt(self),
         };
@@ -905,6 +941,30 @@ mod tests {
         assert_eq!(log.high_watermark(), 2);
         let gap = apply(&mut log, 1, 3, &batch(9, 0, 5, 1, 0));
         assert_eq!(gap.error, code::OUT_OF_ORDER_SEQUENCE_NUMBER);
+    }
+
+    #[test]
+    fn producers_expired_commands_forget_idle_producers() {
+        let mut log = PartitionLog::default();
+        let b = batch(9, 0, 0, 2, 0);
+        assert_eq!(apply(&mut log, 1, 1, &b).base_offset, 0);
+        let pass = |log: &mut PartitionLog, index, now_ms| {
+            let cmd = producers_expired_command(now_ms, 1_000);
+            let id = log_id(1, index);
+            log.observe_entry(&id);
+            AppendResult::decode(&log.apply(&id, &cmd))
+        };
+        // The first pass starts the clock; the retry is still a duplicate.
+        assert_eq!(pass(&mut log, 2, 5_000).base_offset, 0);
+        assert_eq!(apply(&mut log, 1, 3, &b).base_offset, 0);
+        assert!(!log.producers_to_expire(4_000));
+        // Idle for over a second by the proposer's clock: forgotten, in snapshots too.
+        assert_eq!(pass(&mut log, 4, 6_001).base_offset, 1);
+        let restored =
+            PartitionLog::from_snapshot(&log.to_snapshot().expect("snap")).expect("restore");
+        assert_eq!(restored.producers.len(), 0);
+        // The same batch now appends again, as Kafka after producer.id.expiration.ms.
+        assert_eq!(apply(&mut log, 1, 5, &b).base_offset, 2);
     }
 
     #[test]

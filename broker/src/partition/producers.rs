@@ -1,6 +1,15 @@
 //! Idempotent-producer state of one partition: per producer id, its epoch and the last five
 //! batches' sequence ranges, as Kafka keeps them. Checked at apply time so every replica
 //! reaches the same verdict.
+//!
+//! A producer that has not written for `producer_id_expiration_ms` (Kafka's
+//! `producer.id.expiration.ms`, one day by default) is forgotten, as Kafka does, so the
+//! table (and every snapshot, which carries it) holds the producers of the last day, not
+//! every producer that ever wrote. Idleness is measured by the leader's clock, carried in
+//! the `ProducersExpired` commands (so every replica agrees), not by the batches'
+//! timestamps as in Kafka: a producer that sends old timestamps keeps its state. Like
+//! Kafka, a producer the partition does not know is accepted at any sequence: it may be
+//! one whose state expired, or whose batches were all deleted.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -16,6 +25,10 @@ struct ProducerEntry {
     epoch: i16,
     /// (first sequence, last sequence, base offset), oldest first.
     recent: VecDeque<(i32, i32, i64)>,
+    /// The proposer's clock at the first expiry pass after its last batch (none yet:
+    /// it wrote since the last pass, or the state predates expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_since_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,11 +60,9 @@ impl ProducerTable {
             return SequenceCheck::Append;
         }
         let Some(p) = self.producers.get(&h.producer_id) else {
-            return if h.base_sequence == 0 {
-                SequenceCheck::Append
-            } else {
-                SequenceCheck::OutOfOrder
-            };
+            // Unknown here (expired, or its batches deleted): any sequence starts it, as
+            // in Kafka since KIP-360.
+            return SequenceCheck::Append;
         };
         if h.producer_epoch < p.epoch {
             return SequenceCheck::StaleEpoch;
@@ -93,6 +104,24 @@ impl ProducerTable {
         while p.recent.len() > RECENT_BATCHES {
             p.recent.pop_front();
         }
+        p.idle_since_ms = None;
+    }
+
+    /// Whether an expiry pass with this cutoff has work: a producer that wrote since the
+    /// last pass (to be stamped), or one idle since before `before_ms`.
+    pub fn any_expired(&self, before_ms: i64) -> bool {
+        self.producers
+            .values()
+            .any(|p| p.idle_since_ms.is_none_or(|t| t < before_ms))
+    }
+
+    /// An expiry pass at `now_ms`: producers that wrote since the last pass are idle from
+    /// now; those idle since before `before_ms` are forgotten. Answers how many.
+    pub fn expire(&mut self, before_ms: i64, now_ms: i64) -> usize {
+        let was = self.producers.len();
+        self.producers
+            .retain(|_, p| *p.idle_since_ms.get_or_insert(now_ms) >= before_ms);
+        was - self.producers.len()
     }
 
     pub fn len(&self) -> usize {
@@ -127,12 +156,46 @@ mod tests {
     }
 
     #[test]
-    fn gaps_and_unknown_producers_mid_sequence_are_out_of_order() {
+    fn gaps_are_out_of_order_but_unknown_producers_start_anywhere() {
         let mut t = ProducerTable::default();
-        assert_eq!(t.check(&header(1, 0, 5, 1)), SequenceCheck::OutOfOrder);
+        assert_eq!(t.check(&header(1, 0, 5, 1)), SequenceCheck::Append);
         let a = header(1, 0, 0, 1);
         t.record(&a, 0);
         assert_eq!(t.check(&header(1, 0, 2, 1)), SequenceCheck::OutOfOrder);
+    }
+
+    #[test]
+    fn producers_idle_past_the_cutoff_are_forgotten_whatever_their_timestamps() {
+        let mut t = ProducerTable::default();
+        // Timestamps from long ago do not count: the passes' clock does.
+        t.record(&header(1, 0, 0, 1), 0);
+        t.record(&header(2, 0, 0, 1), 1);
+        assert!(t.any_expired(i64::MIN), "written since the last pass");
+        assert_eq!(
+            t.expire(0, 1_000),
+            0,
+            "the first pass only starts the clock"
+        );
+        assert!(!t.any_expired(1_000));
+        // Producer 2 writes again; producer 1 stays idle.
+        t.record(&header(2, 0, 1, 1), 2);
+        assert_eq!(t.expire(1_000, 2_000), 0);
+        assert_eq!(t.expire(1_001, 3_000), 1, "idle since 1000: forgotten");
+        assert_eq!(t.len(), 1);
+        // Producer 2 goes on where it was; producer 1 starts again at any sequence.
+        assert_eq!(t.check(&header(2, 0, 2, 1)), SequenceCheck::Append);
+        assert_eq!(t.check(&header(1, 0, 7, 1)), SequenceCheck::Append);
+    }
+
+    #[test]
+    fn state_from_before_expiry_starts_idle_at_the_first_pass() {
+        let mut t: ProducerTable =
+            serde_json::from_str(r#"{"producers":{"7":{"epoch":0,"recent":[[0,0,0]]}}}"#)
+                .expect("state from before expiry");
+        assert!(t.any_expired(0));
+        assert_eq!(t.expire(0, 10_000), 0);
+        assert!(!t.any_expired(10_000));
+        assert_eq!(t.expire(10_001, 20_000), 1);
     }
 
     #[test]

@@ -23,8 +23,8 @@ use super::Tier;
 use crate::errors::code;
 use crate::partition::batch::BatchHeader;
 use crate::partition::log::{
-    compacted_command, delete_records_command, objects_deleted_command, AppendResult, ChunkRef,
-    PageRef,
+    compacted_command, delete_records_command, objects_deleted_command, producers_expired_command,
+    AppendResult, ChunkRef, PageRef,
 };
 use crate::partition::Partition;
 
@@ -51,7 +51,42 @@ impl Tier {
         self.apply_retention(p, retention).await?;
         self.compact(p).await?;
         self.seal_page(p).await?;
+        self.expire_producers(p).await?;
         self.collect_garbage(p).await
+    }
+
+    /// Forgets idempotent producers idle for `producer_id_expiration_ms`, checked every
+    /// quarter of that (at most every 10 minutes, as Kafka's default check interval).
+    async fn expire_producers(&self, p: &Partition) -> Result<(), String> {
+        let expiration = self.config.producer_id_expiration_ms as i64;
+        let every = std::time::Duration::from_millis((expiration / 4).clamp(100, 600_000) as u64);
+        {
+            let now = tokio::time::Instant::now();
+            let mut checked = self.producers_checked.lock();
+            if checked
+                .get(&p.group)
+                .is_some_and(|t| now.duration_since(*t) < every)
+            {
+                return Ok(());
+            }
+            checked.insert(p.group, now);
+        }
+        let now = now_ms();
+        if !p
+            .log
+            .read()
+            .producers_to_expire(now.saturating_sub(expiration))
+        {
+            return Ok(());
+        }
+        let res = self
+            .propose(p, producers_expired_command(now, expiration))
+            .await
+            .map_err(|e| format!("commit producer expiry: {e}"))?;
+        if res.error == code::NONE && res.base_offset > 0 {
+            tracing::info!(topic = %p.topic, partition = p.index, producers = res.base_offset, "idle idempotent producers expired");
+        }
+        Ok(())
     }
 
     async fn apply_retention(&self, p: &Partition, policy: &RetentionPolicy) -> Result<(), String> {

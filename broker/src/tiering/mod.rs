@@ -53,6 +53,8 @@ pub struct TierConfig {
     pub compaction: compaction::CompactionPolicy,
     /// Entries per sealed manifest page (see `pages`).
     pub page_entries: usize,
+    /// Idempotent producers idle this long are forgotten (`producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: u64,
 }
 
 /// Whether a partition's chunks are worth a zstd trial. [`ChunkWriter`] decides per chunk
@@ -125,6 +127,8 @@ pub struct Tier {
     snapshotted: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
     /// Sealed manifest pages read or written last.
     pages: parking_lot::Mutex<pages::PageCache>,
+    /// When each partition group's producers were last checked for expiry.
+    producers_checked: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
 }
 
 impl Tier {
@@ -138,6 +142,7 @@ impl Tier {
             uploads: tokio::sync::Semaphore::new(UPLOADS_PER_NODE),
             snapshotted: Default::default(),
             pages: Default::default(),
+            producers_checked: Default::default(),
         })
     }
 
