@@ -98,6 +98,9 @@ pub struct Config {
     /// How long the first rebalance of an empty group waits for more members
     /// (`group.initial.rebalance.delay.ms`; Kafka's default is 3000).
     pub group_initial_rebalance_delay_ms: u64,
+    /// A consumer group that has had no members for this long loses its committed
+    /// offsets, and the coordinator forgets it (Kafka's `offsets.retention.minutes`, 7 days).
+    pub offsets_retention_ms: u64,
 }
 
 impl Default for Config {
@@ -140,6 +143,7 @@ impl Default for Config {
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: 300,
+            offsets_retention_ms: 604_800_000,
         }
     }
 }
@@ -184,6 +188,9 @@ impl Config {
         }
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             bail!("group-min-session-timeout-ms must not exceed group-max-session-timeout-ms");
+        }
+        if self.offsets_retention_ms == 0 {
+            bail!("offsets-retention-ms must be at least 1");
         }
         if self.producer_id_expiration_ms == 0 {
             bail!("producer-id-expiration-ms must be at least 1");
@@ -261,6 +268,7 @@ impl Config {
             min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
             max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
             initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
+            offsets_retention: Duration::from_millis(self.offsets_retention_ms.max(1)),
         }
     }
 

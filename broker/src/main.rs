@@ -154,6 +154,10 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     producer_id_expiration_ms: Option<u64>,
+    /// Milliseconds a consumer group without members keeps its committed offsets [default: 604800000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offsets_retention_ms: Option<u64>,
     /// How often a Raft group with new entries is snapshotted and its WAL purged [default: 1000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -52,6 +52,10 @@ pub enum OffsetsCommand {
         group: String,
         partitions: Vec<(String, i32)>,
     },
+    /// Offsets retention (`offsets.retention.minutes`): removes the offsets of `groups`
+    /// committed before `before_ms`. The coordinator lists groups that have had no
+    /// members for the retention period; an offset committed since it decided is kept.
+    Expire { groups: Vec<String>, before_ms: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +84,15 @@ impl OffsetsState {
 
     pub fn has_group(&self, group: &str) -> bool {
         self.groups.contains_key(group)
+    }
+
+    /// Whether the group has an offset committed before `before_ms`.
+    pub fn has_offsets_before(&self, group: &str, before_ms: i64) -> bool {
+        self.groups.get(group).is_some_and(|g| {
+            g.values()
+                .flat_map(|t| t.values())
+                .any(|c| c.commit_timestamp_ms < before_ms)
+        })
     }
 
     /// Every group with at least one committed offset.
@@ -113,6 +126,20 @@ impl OffsetsState {
                             }
                         }
                     }
+                    if g.is_empty() {
+                        self.groups.remove(&group);
+                    }
+                }
+            }
+            OffsetsCommand::Expire { groups, before_ms } => {
+                for group in groups {
+                    let Some(g) = self.groups.get_mut(&group) else {
+                        continue;
+                    };
+                    for t in g.values_mut() {
+                        t.retain(|_, c| c.commit_timestamp_ms >= before_ms);
+                    }
+                    g.retain(|_, t| !t.is_empty());
                     if g.is_empty() {
                         self.groups.remove(&group);
                     }
@@ -219,5 +246,32 @@ mod tests {
         let restored =
             OffsetsState::from_snapshot(&s.to_snapshot().expect("snapshot")).expect("restore");
         assert_eq!(restored, s);
+    }
+
+    fn commit_at(group: &str, partition: i32, at_ms: i64) -> OffsetsCommand {
+        let OffsetsCommand::Commit { group, mut offsets } = commit(group, "t", partition, 7) else {
+            unreachable!("commit builds a Commit");
+        };
+        offsets[0].committed.commit_timestamp_ms = at_ms;
+        OffsetsCommand::Commit { group, offsets }
+    }
+
+    #[test]
+    fn expiry_removes_only_the_listed_groups_older_commits() {
+        let mut s = OffsetsState::default();
+        apply(&mut s, &commit_at("old", 0, 100));
+        apply(&mut s, &commit_at("mixed", 0, 100));
+        apply(&mut s, &commit_at("mixed", 1, 900));
+        apply(&mut s, &commit_at("unlisted", 0, 100));
+        let expire = OffsetsCommand::Expire {
+            groups: vec!["old".into(), "mixed".into(), "gone".into()],
+            before_ms: 500,
+        };
+        assert_eq!(apply(&mut s, &expire), OffsetsResponse::Ok);
+        assert!(!s.has_group("old"));
+        // A commit made after the coordinator decided is kept.
+        assert!(s.get("mixed", "t", 0).is_none());
+        assert!(s.get("mixed", "t", 1).is_some());
+        assert!(s.has_group("unlisted"));
     }
 }

@@ -518,3 +518,48 @@ def test_bad_group_requests_get_kafka_codes(broker):
     c.commit(offsets=[TopicPartition("real", 0, 1)], asynchronous=False)
     assert c.committed([TopicPartition("real", 0)], timeout=10)[0].offset == 1
     broker.assert_healthy()
+
+
+def test_offsets_of_groups_without_members_expire(broker_factory):
+    """offsets.retention.minutes: a group that has had no members for the retention loses
+    its offsets (and is forgotten); a group with a live member keeps them."""
+    broker = broker_factory(extra_args=["--offsets-retention-ms", "2000"])
+    topic = "retained"
+    broker.create_topic(topic, partitions=1)
+    tp = TopicPartition(topic, 0)
+
+    def committed(group):
+        c = broker.consumer({"group.id": group})
+        try:
+            return c.committed([tp], timeout=10)[0].offset
+        finally:
+            c.close()
+
+    # A member that stays in its group (librdkafka heartbeats in the background).
+    live = broker.consumer({"group.id": "g-live", "session.timeout.ms": SESSION_MS,
+                            "heartbeat.interval.ms": HEARTBEAT_MS})
+    try:
+        live.subscribe([topic])
+        wait_until(lambda: live.poll(0.2) is None and live.assignment(), timeout=30,
+                   what="the live member's assignment")
+        live.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+        # A member that leaves, and a commit without membership.
+        gone = broker.consumer({"group.id": "g-gone"})
+        gone.subscribe([topic])
+        wait_until(lambda: gone.poll(0.2) is None and gone.assignment(), timeout=30,
+                   what="the leaving member's assignment")
+        gone.commit(offsets=[TopicPartition(topic, 0, 4)], asynchronous=False)
+        gone.close()
+        simple = broker.consumer({"group.id": "g-simple"})
+        simple.assign([tp])
+        simple.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
+        simple.close()
+        assert [committed(g) for g in ("g-live", "g-gone", "g-simple")] == [3, 4, 5]
+
+        wait_until(lambda: committed("g-gone") < 0 and committed("g-simple") < 0, timeout=30,
+                   what="the offsets of the groups without members to expire")
+        assert committed("g-live") == 3
+        listed = {g.group_id for g in broker.admin().list_consumer_groups().result(10).valid}
+        assert "g-live" in listed and "g-gone" not in listed and "g-simple" not in listed
+    finally:
+        live.close()

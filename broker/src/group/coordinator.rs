@@ -10,6 +10,13 @@
 //! Committed offsets are replicated state in the offsets group ([`OFFSETS_GROUP`]): commits
 //! and deletions are Raft proposals that answer after apply; reads come from the applied
 //! state. This node coordinates every group while it leads the offsets group.
+//!
+//! Offsets retention, as Kafka's `offsets.retention.minutes`: a group that has had no
+//! members for `offsets_retention` (by this coordinator's clock, counted from when it first
+//! saw the group empty, so a restart or a new coordinator starts counting again) loses the
+//! offsets committed before that, and an empty group without offsets is forgotten. So the
+//! offsets snapshot and the coordinator's memory hold the groups in use, not every group id
+//! that was ever used.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -163,14 +170,94 @@ impl Coordinator {
         raft: Raft,
         offsets: Arc<RwLock<OffsetsState>>,
     ) -> Arc<Coordinator> {
-        Arc::new(Coordinator {
+        let coordinator = Arc::new(Coordinator {
             node_id: node.node_id,
             config,
             groups: RwLock::new(HashMap::new()),
             raft,
             offsets,
             counters: Arc::new(Counters::default()),
-        })
+        });
+        tokio::spawn(run_retention(Arc::downgrade(&coordinator)));
+        coordinator
+    }
+
+    /// One offsets-retention pass (see the module docs); `empty_since` is when this
+    /// coordinator first saw each group without members.
+    async fn expire_idle_groups(&self, empty_since: &mut HashMap<String, Instant>) {
+        let now = Instant::now();
+        let mut active = std::collections::HashSet::new();
+        let mut empty_slots = Vec::new();
+        let slots: Vec<(String, Arc<Slot>)> = self
+            .groups
+            .read()
+            .iter()
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect();
+        for (id, slot) in slots {
+            if slot.inner.lock().group.state() == GroupStateKind::Empty {
+                empty_slots.push(id.clone());
+            } else {
+                active.insert(id.clone());
+            }
+        }
+        let with_offsets: Vec<String> = self
+            .offsets
+            .read()
+            .groups()
+            .map(|(id, _)| id.clone())
+            .collect();
+        empty_since.retain(|id, _| !active.contains(id));
+        let retention = self.config.offsets_retention;
+        let before_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+            .saturating_sub(retention.as_millis() as i64);
+        let mut expire = Vec::new();
+        for id in with_offsets.iter().filter(|id| !active.contains(*id)) {
+            let since = *empty_since.entry(id.clone()).or_insert(now);
+            if now.duration_since(since) >= retention
+                && self.offsets.read().has_offsets_before(id, before_ms)
+            {
+                expire.push(id.clone());
+            }
+        }
+        if !expire.is_empty() {
+            let n = expire.len();
+            if self
+                .propose(OffsetsCommand::Expire {
+                    groups: expire,
+                    before_ms,
+                })
+                .await
+                .is_ok()
+            {
+                tracing::info!(groups = n, "offsets of groups without members expired");
+            }
+        }
+        // Empty groups without offsets: forget them (a join starts them afresh).
+        for id in empty_slots {
+            let since = *empty_since.entry(id.clone()).or_insert(now);
+            if now.duration_since(since) < retention.min(FORGET_EMPTY_AFTER)
+                || self.offsets.read().has_group(&id)
+            {
+                continue;
+            }
+            let Some(slot) = self.groups.read().get(&id).cloned() else {
+                continue;
+            };
+            if slot.inner.lock().group.delete().is_err() {
+                continue; // someone joined meanwhile
+            }
+            let mut groups = self.groups.write();
+            if groups.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                groups.remove(&id);
+            }
+            drop(groups);
+            slot.wake.notify_one();
+            empty_since.remove(&id);
+        }
     }
 
     /// The node that coordinates groups now (the offsets group's leader), if known.
@@ -696,6 +783,32 @@ fn offsets_only(group_id: &str) -> GroupSummary {
 }
 
 /// Sleeps until the group's next deadline (or until a request changed it), then ticks.
+/// An empty group without offsets is forgotten after this long, or the offsets retention
+/// if that is shorter.
+const FORGET_EMPTY_AFTER: Duration = Duration::from_secs(600);
+
+/// Runs offsets retention on the coordinator every quarter of the retention (at most every
+/// 10 minutes, Kafka's `offsets.retention.check.interval.ms`), until it is dropped.
+async fn run_retention(coordinator: std::sync::Weak<Coordinator>) {
+    let mut empty_since = HashMap::new();
+    loop {
+        let every = match coordinator.upgrade() {
+            Some(c) => (c.config.offsets_retention / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(600)),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(c) = coordinator.upgrade() else {
+            return;
+        };
+        if c.is_coordinator() {
+            c.expire_idle_groups(&mut empty_since).await;
+        } else {
+            empty_since.clear();
+        }
+    }
+}
+
 async fn run_timer(slot: Arc<Slot>, counters: Arc<Counters>) {
     loop {
         let deadline = {

@@ -16,6 +16,7 @@ fn config() -> GroupConfig {
         min_session_timeout: Duration::from_millis(6_000),
         max_session_timeout: Duration::from_millis(60_000),
         initial_rebalance_delay: Duration::from_millis(300),
+        ..GroupConfig::default()
     }
 }
 

@@ -11,6 +11,9 @@ pub struct GroupConfig {
     pub min_session_timeout: Duration,
     pub max_session_timeout: Duration,
     pub initial_rebalance_delay: Duration,
+    /// A group without members for this long loses its committed offsets
+    /// (`offsets.retention.minutes`).
+    pub offsets_retention: Duration,
 }
 
 impl Default for GroupConfig {
@@ -19,6 +22,7 @@ impl Default for GroupConfig {
             min_session_timeout: Duration::from_millis(6_000),
             max_session_timeout: Duration::from_millis(1_800_000),
             initial_rebalance_delay: Duration::from_millis(300),
+            offsets_retention: Duration::from_millis(604_800_000),
         }
     }
 }
