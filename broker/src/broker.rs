@@ -31,20 +31,33 @@ pub struct Broker {
     pub advertised: (String, u16),
 }
 
-/// A handler's answer: `None` for requests that get no response (produce with acks=0).
-pub type Reply = BoxFuture<'static, Option<ResponseKind>>;
+/// A handler's answer, once its work is done.
+pub type Reply = BoxFuture<'static, Outcome>;
+
+/// What a handler answers. (As large as the `Option<ResponseKind>` it replaced; boxing
+/// the response would cost an allocation per request.)
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    Respond(ResponseKind),
+    /// No response: a produce with acks=0.
+    Nothing,
+    /// A produce with acks=0 failed: close the connection, as Kafka does, so the client
+    /// (which expects no answer) sees the failure and refreshes its metadata.
+    Close,
+}
 
 /// What the connection does with one request's outcome.
 pub enum Answer {
     Send(Bytes),
     /// Produce with acks=0.
     Nothing,
-    /// The response could not be encoded: close rather than leave the client waiting.
+    /// The response could not be encoded, or an acks=0 produce failed: close the
+    /// connection rather than leave the client waiting or unaware.
     Close,
 }
 
 pub fn ready(resp: ResponseKind) -> Reply {
-    futures::future::ready(Some(resp)).boxed()
+    futures::future::ready(Outcome::Respond(resp)).boxed()
 }
 
 impl Broker {
@@ -62,7 +75,7 @@ impl Broker {
             RequestKind::Produce(r) => self.produce(r, version).await,
             RequestKind::Fetch(r) => {
                 let this = self.clone();
-                async move { Some(this.fetch(r, version).await) }.boxed()
+                async move { Outcome::Respond(this.fetch(r, version).await) }.boxed()
             }
             RequestKind::ListOffsets(r) => ready(self.list_offsets(r, version).await),
             RequestKind::OffsetForLeaderEpoch(r) => ready(self.offset_for_leader_epoch(r)),
@@ -105,21 +118,22 @@ impl Broker {
             other => {
                 // decode_request only lets advertised APIs through, so this is a bug.
                 tracing::error!(?api, "no handler for decoded request {:?}", other);
-                futures::future::ready(None).boxed()
+                futures::future::ready(Outcome::Nothing).boxed()
             }
         };
         let metrics = self.metrics.clone();
         async move {
             let resp = reply.await;
             let encoded = match resp {
-                Some(resp) => match encode_response(correlation_id, version, &resp) {
+                Outcome::Respond(resp) => match encode_response(correlation_id, version, &resp) {
                     Ok(b) => Answer::Send(b),
                     Err(err) => {
                         tracing::error!(?api, version, %err, "encode response");
                         Answer::Close
                     }
                 },
-                None => Answer::Nothing,
+                Outcome::Nothing => Answer::Nothing,
+                Outcome::Close => Answer::Close,
             };
             metrics.observe_request(api, started.elapsed());
             encoded

@@ -57,8 +57,8 @@ enum ConnError {
     Idle(Duration),
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    #[error("a response could not be encoded")]
-    Unencodable,
+    #[error("closed by the broker: a response could not be encoded, or an acks=0 produce failed")]
+    Closed,
 }
 
 async fn read_frames(
@@ -188,7 +188,7 @@ async fn write_answer(wr: &mut OwnedWriteHalf, answer: Answer) -> Result<(), Con
     match answer {
         Answer::Send(bytes) => Ok(wr.write_all(&bytes).await?),
         Answer::Nothing => Ok(()),
-        Answer::Close => Err(ConnError::Unencodable),
+        Answer::Close => Err(ConnError::Closed),
     }
 }
 

@@ -39,7 +39,13 @@ def test_acks_zero_one_and_invalid(broker):
         assert p.error == kraw.ERR_INVALID_REQUIRED_ACKS
         (p,) = kraw.produce(c, topic, [(0, kraw.record_batch([b"c0"]))], acks=-2, corr=5)
         assert p.error == kraw.ERR_INVALID_REQUIRED_ACKS
+    # acks=0 that fails (a partition that does not exist): no answer either, but the broker
+    # closes the connection, as Kafka does, so the client notices.
+    with kwire.Conn(broker.kafka_port) as c:
+        c.send(kraw.produce_request(6, topic, [(7, kraw.record_batch([b"d0"]))], acks=0))
+        assert c.wait_closed(10), "the broker should close the connection"
     assert hwm(broker, topic) == 3
+    broker.assert_healthy()
 
 
 def test_bad_batches_get_kafka_errors_and_store_nothing(broker):

@@ -31,7 +31,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::coordinator::{validate_group_id, OFFSET_METADATA_MAX_BYTES};
 use super::state::JoinRequest;
-use crate::broker::{ready, Broker, Reply};
+use crate::broker::{ready, Broker, Outcome, Reply};
 use crate::errors::code;
 
 const KEY_TYPE_GROUP: i8 = 0;
@@ -164,7 +164,7 @@ impl Broker {
                     m
                 })
                 .collect();
-            Some(ResponseKind::JoinGroup(resp))
+            Outcome::Respond(ResponseKind::JoinGroup(resp))
         }
         .boxed()
     }
@@ -204,7 +204,7 @@ impl Broker {
                 resp.protocol_name = opt(r.protocol_name);
             }
             resp.assignment = r.assignment;
-            Some(ResponseKind::SyncGroup(resp))
+            Outcome::Respond(ResponseKind::SyncGroup(resp))
         }
         .boxed()
     }
@@ -333,7 +333,7 @@ impl Broker {
                 }
                 resp.topics.push(t);
             }
-            Some(ResponseKind::OffsetCommit(resp))
+            Outcome::Respond(ResponseKind::OffsetCommit(resp))
         }
         .boxed()
     }
@@ -546,7 +546,7 @@ impl Broker {
                 r.error_code = f.await.err().unwrap_or(code::NONE);
                 resp.results.push(r);
             }
-            Some(ResponseKind::DeleteGroups(resp))
+            Outcome::Respond(ResponseKind::DeleteGroups(resp))
         }
         .boxed()
     }
@@ -597,7 +597,7 @@ impl Broker {
                 }
                 resp.topics.push(t);
             }
-            Some(ResponseKind::OffsetDelete(resp))
+            Outcome::Respond(ResponseKind::OffsetDelete(resp))
         }
         .boxed()
     }

@@ -12,7 +12,7 @@ use openraft::error::ClientWriteError;
 use chronik_metastore::types::TypeConfig;
 
 use super::str_bytes;
-use crate::broker::{Broker, Reply};
+use crate::broker::{Broker, Outcome, Reply};
 use crate::errors::{batch_error_code, code};
 use crate::partition::batch::validate_produce;
 use crate::partition::log::{append_command, AppendResult};
@@ -98,7 +98,19 @@ impl Broker {
                 }
                 resp.responses.push(t);
             }
-            (acks != 0).then_some(ResponseKind::Produce(resp))
+            if acks != 0 {
+                return Outcome::Respond(ResponseKind::Produce(resp));
+            }
+            let failed = resp
+                .responses
+                .iter()
+                .flat_map(|t| &t.partition_responses)
+                .any(|p| p.error_code != code::NONE);
+            if failed {
+                Outcome::Close
+            } else {
+                Outcome::Nothing
+            }
         }
         .boxed()
     }
