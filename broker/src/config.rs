@@ -189,11 +189,15 @@ impl Config {
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             bail!("group-min-session-timeout-ms must not exceed group-max-session-timeout-ms");
         }
-        if self.offsets_retention_ms == 0 {
-            bail!("offsets-retention-ms must be at least 1");
+        let ms_range = 1..=i64::MAX as u64;
+        if !ms_range.contains(&self.offsets_retention_ms) {
+            bail!("offsets-retention-ms must be between 1 and {}", i64::MAX);
         }
-        if self.producer_id_expiration_ms == 0 {
-            bail!("producer-id-expiration-ms must be at least 1");
+        if !ms_range.contains(&self.producer_id_expiration_ms) {
+            bail!(
+                "producer-id-expiration-ms must be between 1 and {}",
+                i64::MAX
+            );
         }
         let max_page = crate::tiering::MAX_PAGE_ENTRIES as u64;
         if !(2..=max_page).contains(&self.manifest_page_entries) {

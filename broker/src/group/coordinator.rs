@@ -67,6 +67,8 @@ struct Counters {
 
 struct SlotInner {
     group: Group,
+    /// When a member last made a request (the group's idle time counts from here).
+    active_at: Instant,
     joins: HashMap<String, oneshot::Sender<JoinResult>>,
     syncs: HashMap<String, oneshot::Sender<SyncResult>>,
     rebalances_counted: u64,
@@ -182,24 +184,24 @@ impl Coordinator {
         coordinator
     }
 
-    /// One offsets-retention pass (see the module docs); `empty_since` is when this
-    /// coordinator first saw each group without members.
-    async fn expire_idle_groups(&self, empty_since: &mut HashMap<String, Instant>) {
+    /// One offsets-retention pass (see the module docs). A group this coordinator holds
+    /// in memory is idle since its members' last request; any other group (a
+    /// membership-less one, or one not seen since this node became coordinator) since
+    /// this coordinator first saw it, kept in `first_seen`.
+    async fn expire_idle_groups(&self, first_seen: &mut HashMap<String, Instant>) {
         let now = Instant::now();
-        let mut active = std::collections::HashSet::new();
-        let mut empty_slots = Vec::new();
         let slots: Vec<(String, Arc<Slot>)> = self
             .groups
             .read()
             .iter()
             .map(|(id, s)| (id.clone(), s.clone()))
             .collect();
+        // Per group in memory: idle since when, or None while it has members.
+        let mut idle_since: HashMap<String, Option<Instant>> = HashMap::new();
         for (id, slot) in slots {
-            if slot.inner.lock().group.state() == GroupStateKind::Empty {
-                empty_slots.push(id.clone());
-            } else {
-                active.insert(id.clone());
-            }
+            let inner = slot.inner.lock();
+            let idle = (inner.group.state() == GroupStateKind::Empty).then_some(inner.active_at);
+            idle_since.insert(id, idle);
         }
         let with_offsets: Vec<String> = self
             .offsets
@@ -207,7 +209,7 @@ impl Coordinator {
             .groups()
             .map(|(id, _)| id.clone())
             .collect();
-        empty_since.retain(|id, _| !active.contains(id));
+        first_seen.retain(|id, _| with_offsets.contains(id) && !idle_since.contains_key(id));
         let retention = self.config.offsets_retention;
         let before_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -215,14 +217,20 @@ impl Coordinator {
             .unwrap_or(0)
             .saturating_sub(retention.as_millis() as i64);
         let mut expire = Vec::new();
-        for id in with_offsets.iter().filter(|id| !active.contains(*id)) {
-            let since = *empty_since.entry(id.clone()).or_insert(now);
+        for id in &with_offsets {
+            let since = match idle_since.get(id) {
+                Some(Some(at)) => *at,
+                Some(None) => continue, // it has members
+                None => *first_seen.entry(id.clone()).or_insert(now),
+            };
             if now.duration_since(since) >= retention
                 && self.offsets.read().has_offsets_before(id, before_ms)
             {
                 expire.push(id.clone());
             }
         }
+        // A member that joins between this decision and the commit below may fetch offsets
+        // about to go; it is the same as joining just after they expired.
         if !expire.is_empty() {
             let n = expire.len();
             if self
@@ -237,8 +245,10 @@ impl Coordinator {
             }
         }
         // Empty groups without offsets: forget them (a join starts them afresh).
-        for id in empty_slots {
-            let since = *empty_since.entry(id.clone()).or_insert(now);
+        for (id, idle) in idle_since {
+            let Some(since) = idle else {
+                continue;
+            };
             if now.duration_since(since) < retention.min(FORGET_EMPTY_AFTER)
                 || self.offsets.read().has_group(&id)
             {
@@ -256,7 +266,6 @@ impl Coordinator {
             }
             drop(groups);
             slot.wake.notify_one();
-            empty_since.remove(&id);
         }
     }
 
@@ -290,6 +299,7 @@ impl Coordinator {
         let slot = Arc::new(Slot {
             inner: Mutex::new(SlotInner {
                 group: Group::new(group_id, self.config.clone()),
+                active_at: Instant::now(),
                 joins: HashMap::new(),
                 syncs: HashMap::new(),
                 rebalances_counted: 0,
@@ -316,7 +326,9 @@ impl Coordinator {
         };
         let fresh = uuid::Uuid::new_v4().to_string();
         let mut inner = slot.inner.lock();
-        let outcome = inner.group.join(req, Instant::now(), &fresh);
+        let now = Instant::now();
+        inner.active_at = now;
+        let outcome = inner.group.join(req, now, &fresh);
         let parked = outcome.parked_as.map(|member| {
             let (tx, rx) = oneshot::channel();
             inner.joins.insert(member.clone(), tx);
@@ -357,6 +369,8 @@ impl Coordinator {
             return futures::future::ready(SyncResult::error(code::UNKNOWN_MEMBER_ID)).boxed();
         };
         let mut inner = slot.inner.lock();
+        let now = Instant::now();
+        inner.active_at = now;
         let outcome = inner.group.sync(
             member_id,
             group_instance_id,
@@ -364,7 +378,7 @@ impl Coordinator {
             protocol_type,
             protocol_name,
             assignments,
-            Instant::now(),
+            now,
         );
         let parked = outcome.parked_as.map(|member| {
             let (tx, rx) = oneshot::channel();
@@ -400,12 +414,13 @@ impl Coordinator {
         let Some(slot) = self.slot(group_id, false) else {
             return code::UNKNOWN_MEMBER_ID;
         };
-        let err = slot.inner.lock().group.heartbeat(
-            member_id,
-            group_instance_id,
-            generation,
-            Instant::now(),
-        );
+        let mut inner = slot.inner.lock();
+        let now = Instant::now();
+        inner.active_at = now;
+        let err = inner
+            .group
+            .heartbeat(member_id, group_instance_id, generation, now);
+        drop(inner);
         slot.wake.notify_one();
         err
     }
@@ -422,6 +437,7 @@ impl Coordinator {
         };
         let mut inner = slot.inner.lock();
         let now = Instant::now();
+        inner.active_at = now;
         let mut results = Vec::with_capacity(members.len());
         for (member_id, instance) in members {
             let (r, actions) = inner.group.leave(&member_id, instance.as_deref(), now);
@@ -782,7 +798,6 @@ fn offsets_only(group_id: &str) -> GroupSummary {
     }
 }
 
-/// Sleeps until the group's next deadline (or until a request changed it), then ticks.
 /// An empty group without offsets is forgotten after this long, or the offsets retention
 /// if that is shorter.
 const FORGET_EMPTY_AFTER: Duration = Duration::from_secs(600);
@@ -790,7 +805,7 @@ const FORGET_EMPTY_AFTER: Duration = Duration::from_secs(600);
 /// Runs offsets retention on the coordinator every quarter of the retention (at most every
 /// 10 minutes, Kafka's `offsets.retention.check.interval.ms`), until it is dropped.
 async fn run_retention(coordinator: std::sync::Weak<Coordinator>) {
-    let mut empty_since = HashMap::new();
+    let mut first_seen = HashMap::new();
     loop {
         let every = match coordinator.upgrade() {
             Some(c) => (c.config.offsets_retention / 4)
@@ -802,13 +817,14 @@ async fn run_retention(coordinator: std::sync::Weak<Coordinator>) {
             return;
         };
         if c.is_coordinator() {
-            c.expire_idle_groups(&mut empty_since).await;
+            c.expire_idle_groups(&mut first_seen).await;
         } else {
-            empty_since.clear();
+            first_seen.clear();
         }
     }
 }
 
+/// Sleeps until the group's next deadline (or until a request changed it), then ticks.
 async fn run_timer(slot: Arc<Slot>, counters: Arc<Counters>) {
     loop {
         let deadline = {
