@@ -2,6 +2,7 @@
 left a partition's manifest leave the bucket after the GC grace period, and what is kept
 stays readable from the beginning, in order."""
 
+import os
 import re
 import time
 
@@ -196,3 +197,29 @@ def test_compaction_merges_small_chunks_and_reads_stay_in_order(broker_factory):
     broker.restart()
     offsets, keys = read_keys(broker, topic, total)
     assert offsets == list(range(total)) and keys == list(range(total))
+
+
+def test_objects_no_manifest_names_are_swept(broker_factory):
+    broker = broker_factory(extra_args=ARGS)
+    topic = "orphans"
+    broker.create_topic(topic)
+    produce_rounds(broker, topic, 2, 200)
+    before = objects(broker)
+    chunk_dir = next((broker.bucket_dir / "topics").rglob("*.chunk")).parent
+    hour_ago = time.time() - 3600
+    # An upload whose commit was lost (a crash between PUT and commit): a chunk past the
+    # log end that no manifest names, an hour old.
+    orphan = chunk_dir / f"{500:020}-{599:020}.chunk"
+    orphan.write_bytes(b"a lost upload")
+    os.utime(orphan, (hour_ago, hour_ago))
+    # Not a Chronik key: never touched.
+    stray = chunk_dir / "notes.txt"
+    stray.write_text("an operator's notes")
+    os.utime(stray, (hour_ago, hour_ago))
+
+    wait_until(lambda: not orphan.exists(), timeout=30, what="the orphan to be swept")
+    assert stray.exists()
+    assert objects(broker) == before, "every object the manifest names stays"
+    assert metric(broker, "chronik_gc_orphans_deleted_total") == 1
+    offsets, keys = read_keys(broker, topic, 400)
+    assert offsets == list(range(400)) and keys == list(range(400))

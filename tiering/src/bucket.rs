@@ -81,6 +81,15 @@ pub struct Bucket {
     update_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// One object of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    /// When the object was last written, Unix milliseconds.
+    pub modified_ms: i64,
+}
+
 /// The default bucket: a `bucket` directory next to the data directory, so that wiping the
 /// data directory never wipes the bucket.
 pub fn default_bucket_url(data_dir: &Path) -> Result<String, TieringError> {
@@ -610,6 +619,37 @@ impl Bucket {
         match outcome.result {
             Ok(mut v) => {
                 v.sort();
+                Ok(v)
+            }
+            Err(_) => Err(self.fail("list", prefix, outcome)),
+        }
+    }
+
+    /// The objects under `prefix` whose keys sort after `after` (a key or a key prefix;
+    /// whole path segments for `prefix`, as [`Bucket::list`]), sorted by key.
+    pub async fn list_after(
+        &self,
+        prefix: &str,
+        after: &str,
+    ) -> Result<Vec<ListedObject>, TieringError> {
+        let path = parse_key(prefix.trim_end_matches('/'))?;
+        let offset = parse_key(after)?;
+        bump(&self.counters.lists, 1);
+        let outcome = self
+            .call("list", prefix, || {
+                self.store
+                    .list_with_offset(Some(&path), &offset)
+                    .map_ok(|m| ListedObject {
+                        key: m.location.to_string(),
+                        size: m.size,
+                        modified_ms: m.last_modified.timestamp_millis(),
+                    })
+                    .try_collect::<Vec<_>>()
+            })
+            .await;
+        match outcome.result {
+            Ok(mut v) => {
+                v.sort_by(|a, b| a.key.cmp(&b.key));
                 Ok(v)
             }
             Err(_) => Err(self.fail("list", prefix, outcome)),

@@ -18,7 +18,7 @@ pub mod retry;
 pub mod snapshot;
 pub mod testing;
 
-pub use bucket::{default_bucket_url, Bucket, BucketOptions, BucketStats};
+pub use bucket::{default_bucket_url, Bucket, BucketOptions, BucketStats, ListedObject};
 pub use cache::{CacheStats, ReadCache};
 pub use chunk::{ChunkHeader, ChunkIndex, ChunkReader, ChunkWriter, FrameEntry};
 pub use durable_fs::{drop_cached_pages, DurableFs};

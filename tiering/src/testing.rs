@@ -71,6 +71,24 @@ pub async fn listing(bucket: &Bucket, scope: &str) {
         "a prefix is whole segments: a does not match ab"
     );
     assert_eq!(bucket.list(&base).await.expect("all").len(), 4);
+    // Keys after an offset (a key or a key prefix), with their write time.
+    let after = bucket
+        .list_after(&format!("{base}/a/"), &format!("{base}/a/1"))
+        .await
+        .expect("list after");
+    assert_eq!(
+        after
+            .iter()
+            .map(|o| (o.key.as_str(), o.size))
+            .collect::<Vec<_>>(),
+        vec![(format!("{base}/a/3").as_str(), 3)]
+    );
+    assert!(after[0].modified_ms > 1_600_000_000_000, "{after:?}");
+    let from_prefix = bucket
+        .list_after(&format!("{base}/a"), &format!("{base}/a/0"))
+        .await
+        .expect("list after a prefix");
+    assert_eq!(from_prefix.len(), 2);
     assert!(bucket
         .list(&format!("{base}/none"))
         .await

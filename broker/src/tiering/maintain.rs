@@ -52,7 +52,8 @@ impl Tier {
         self.compact(p).await?;
         self.seal_page(p).await?;
         self.expire_producers(p).await?;
-        self.collect_garbage(p).await
+        self.collect_garbage(p).await?;
+        self.sweep_orphans(p).await
     }
 
     /// Forgets idempotent producers idle for `producer_id_expiration_ms`, checked every

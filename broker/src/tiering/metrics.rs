@@ -23,7 +23,7 @@ impl Tier {
         } else {
             now_ms.saturating_sub(last_upload) as f64 / 1000.0
         };
-        let rows: [(&str, &str, String); 16] = [
+        let rows: [(&str, &str, String); 17] = [
             (
                 "counter",
                 "chronik_tiering_chunks_uploaded_total",
@@ -83,6 +83,11 @@ impl Tier {
                 "counter",
                 "chronik_gc_objects_deleted_total",
                 load(&s.objects_deleted).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_gc_orphans_deleted_total",
+                load(&s.orphans_deleted).to_string(),
             ),
             (
                 "counter",

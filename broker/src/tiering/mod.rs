@@ -10,13 +10,16 @@
 //! manifest says what is part of the partition.
 //!
 //! After tiering, the leader runs the partition's upkeep (`maintain`): retention,
-//! compaction of small chunks into segments, and GC of objects that left the manifest.
+//! compaction of small chunks into segments, sealing old manifest entries into pages,
+//! producer expiry, GC of objects that left the manifest, and a sweep for objects that
+//! never made it into one (`orphans`).
 
 mod cache;
 pub mod compaction;
 pub mod gc;
 mod maintain;
 mod metrics;
+mod orphans;
 mod pages;
 pub mod retention;
 
@@ -111,6 +114,8 @@ pub struct TierStats {
     pub segments_written: AtomicU64,
     /// Objects GC deleted from the bucket.
     pub objects_deleted: AtomicU64,
+    /// Objects no manifest named that the orphan sweep deleted.
+    pub orphans_deleted: AtomicU64,
 }
 
 pub struct Tier {
@@ -129,6 +134,8 @@ pub struct Tier {
     pages: parking_lot::Mutex<pages::PageCache>,
     /// When each partition group's producers were last checked for expiry.
     producers_checked: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
+    /// When each partition group's bucket range was last swept for orphans.
+    orphans_swept: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
 }
 
 impl Tier {
@@ -143,6 +150,7 @@ impl Tier {
             snapshotted: Default::default(),
             pages: Default::default(),
             producers_checked: Default::default(),
+            orphans_swept: Default::default(),
         })
     }
 
