@@ -199,27 +199,41 @@ def test_compaction_merges_small_chunks_and_reads_stay_in_order(broker_factory):
     assert offsets == list(range(total)) and keys == list(range(total))
 
 
-def test_objects_no_manifest_names_are_swept(broker_factory):
+def test_objects_no_manifest_can_name_are_swept(broker_factory):
     broker = broker_factory(extra_args=ARGS)
     topic = "orphans"
     broker.create_topic(topic)
     produce_rounds(broker, topic, 2, 200)
     before = objects(broker)
-    chunk_dir = next((broker.bucket_dir / "topics").rglob("*.chunk")).parent
+    (b0, l0, _), (_, l1, _) = before[0], before[1]
+    assert l0 > b0, before
+    topic_dir = next((broker.bucket_dir / "topics").rglob("*.chunk")).parent.parent
     hour_ago = time.time() - 3600
-    # An upload whose commit was lost (a crash between PUT and commit): a chunk past the
-    # log end that no manifest names, an hour old.
-    orphan = chunk_dir / f"{500:020}-{599:020}.chunk"
-    orphan.write_bytes(b"a lost upload")
-    os.utime(orphan, (hour_ago, hour_ago))
+
+    def plant(kind, base, last, ext):
+        path = topic_dir / kind / f"{base:020}-{last:020}.{ext}"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"not a real object")
+        os.utime(path, (hour_ago, hour_ago))
+        return path
+
+    # A lost upload (its commit never came) of a range that is now tiered differently: no
+    # command can ever commit it.
+    lost = plant("chunks", b0, l0 - 1, "chunk")
+    # A merge of exactly the first two chunks: compaction could still commit it.
+    mergeable = plant("segments", b0, l1, "segment")
+    # Past the log end: after a restore from an older snapshot such an object may hold the
+    # only copy of records the restore lost, so it is kept for recovery tools.
+    beyond = plant("chunks", 500, 599, "chunk")
     # Not a Chronik key: never touched.
-    stray = chunk_dir / "notes.txt"
+    stray = topic_dir / "chunks" / "notes.txt"
     stray.write_text("an operator's notes")
     os.utime(stray, (hour_ago, hour_ago))
 
-    wait_until(lambda: not orphan.exists(), timeout=30, what="the orphan to be swept")
-    assert stray.exists()
-    assert objects(broker) == before, "every object the manifest names stays"
+    wait_until(lambda: not lost.exists(), timeout=30, what="the lost upload to be swept")
+    time.sleep(1.5)  # another sweep pass
+    assert mergeable.exists() and beyond.exists() and stray.exists()
     assert metric(broker, "chronik_gc_orphans_deleted_total") == 1
+    assert [o for o in objects(broker) if o in before] == before, "every named object stays"
     offsets, keys = read_keys(broker, topic, 400)
     assert offsets == list(range(400)) and keys == list(range(400))
