@@ -61,16 +61,8 @@ impl Tier {
     async fn expire_producers(&self, p: &Partition) -> Result<(), String> {
         let expiration = self.config.producer_id_expiration_ms as i64;
         let every = std::time::Duration::from_millis((expiration / 4).clamp(100, 600_000) as u64);
-        {
-            let now = tokio::time::Instant::now();
-            let mut checked = self.producers_checked.lock();
-            if checked
-                .get(&p.group)
-                .is_some_and(|t| now.duration_since(*t) < every)
-            {
-                return Ok(());
-            }
-            checked.insert(p.group, now);
+        if !self.producers_checked.due(p.group, every) {
+            return Ok(());
         }
         let now = now_ms();
         if !p

@@ -133,9 +133,30 @@ pub struct Tier {
     /// Sealed manifest pages read or written last.
     pages: parking_lot::Mutex<pages::PageCache>,
     /// When each partition group's producers were last checked for expiry.
-    producers_checked: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
+    producers_checked: Cadence,
     /// When each partition group's bucket range was last swept for orphans.
-    orphans_swept: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
+    orphans_swept: Cadence,
+}
+
+/// Per partition group, when a periodic upkeep task last ran.
+#[derive(Default)]
+struct Cadence(parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>);
+
+impl Cadence {
+    /// Whether `group`'s turn has come (at least `every` since its last); if so, the turn
+    /// is taken now.
+    fn due(&self, group: u64, every: Duration) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut last = self.0.lock();
+        if last
+            .get(&group)
+            .is_some_and(|t| now.duration_since(*t) < every)
+        {
+            return false;
+        }
+        last.insert(group, now);
+        true
+    }
 }
 
 impl Tier {

@@ -69,16 +69,8 @@ impl Tier {
     pub(super) async fn sweep_orphans(&self, p: &Partition) -> Result<(), String> {
         let grace = self.config.gc_grace_ms;
         let every = Duration::from_millis(grace.clamp(1_000, 600_000));
-        {
-            let now = tokio::time::Instant::now();
-            let mut swept = self.orphans_swept.lock();
-            if swept
-                .get(&p.group)
-                .is_some_and(|t| now.duration_since(*t) < every)
-            {
-                return Ok(());
-            }
-            swept.insert(p.group, now);
+        if !self.orphans_swept.due(p.group, every) {
+            return Ok(());
         }
         // Leadership confirmed, and every entry of earlier terms applied: a chunk a previous
         // leader committed is in the manifest before anything is judged.
