@@ -40,7 +40,7 @@ use super::batch::BatchHeader;
 pub use super::page::PageRef;
 use super::producers::{ProducerTable, SequenceCheck};
 use crate::errors::code;
-pub use manifest::{find_entry, OpenPages, Unit};
+pub use manifest::{entry_index, find_entry, OpenPages, Unit};
 
 /// The first byte of a bare batch command (see [`append_command`]).
 const BARE_BATCH: u8 = 0;

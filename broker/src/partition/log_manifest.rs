@@ -47,8 +47,16 @@ pub type OpenPages<'a> = &'a [(&'a PageRef, &'a [ChunkRef])];
 
 /// The entry of `entries` (in offset order) holding `offset`.
 pub fn find_entry(entries: &[ChunkRef], offset: i64) -> Option<&ChunkRef> {
+    entry_index(entries, offset).map(|i| &entries[i])
+}
+
+/// The position in `entries` (in offset order) of the entry holding `offset`.
+pub fn entry_index(entries: &[ChunkRef], offset: i64) -> Option<usize> {
     let i = entries.partition_point(|c| c.last_offset < offset);
-    entries.get(i).filter(|c| c.base_offset <= offset)
+    entries
+        .get(i)
+        .is_some_and(|c| c.base_offset <= offset)
+        .then_some(i)
 }
 
 impl PartitionLog {

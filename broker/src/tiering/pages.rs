@@ -15,7 +15,7 @@ use chronik_tiering::layout;
 use super::compaction::plan_compaction;
 use super::Tier;
 use crate::errors::code;
-use crate::partition::log::{find_entry, page_sealed_command, ChunkRef, PageRef};
+use crate::partition::log::{entry_index, page_sealed_command, ChunkRef, PageRef};
 use crate::partition::{page, Partition};
 
 /// Decoded pages kept in memory (each up to `page_entries` entries, about 150 bytes each).
@@ -74,11 +74,10 @@ impl Tier {
         offset: i64,
     ) -> Result<(Option<ChunkRef>, ChunkRef, Option<ChunkRef>), String> {
         let entries = self.page(page).await?;
-        let found = find_entry(&entries, offset)
+        let i = entry_index(&entries, offset)
             .ok_or_else(|| format!("manifest page {} does not name offset {offset}", page.key))?;
-        let i = entries.partition_point(|c| c.last_offset < offset);
         let prev = i.checked_sub(1).and_then(|j| entries.get(j)).cloned();
-        Ok((prev, found.clone(), entries.get(i + 1).cloned()))
+        Ok((prev, entries[i].clone(), entries.get(i + 1).cloned()))
     }
 
     /// Seals the oldest `page_entries` open entries into a page once twice that many are
