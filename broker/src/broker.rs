@@ -1,6 +1,7 @@
 //! The broker: shared state of a running node and the dispatch of decoded requests to
 //! their handlers.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -64,7 +65,12 @@ impl Broker {
     /// Handles one request. Work whose order matters across requests of one connection
     /// (proposing produce batches) is done before this returns; the returned future only
     /// waits for results, so a connection can pipeline requests and still answer in order.
-    pub async fn handle(self: &Arc<Self>, req: Request) -> BoxFuture<'static, Answer> {
+    /// `peer` is the client's address, shown as group members' host.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request,
+        peer: IpAddr,
+    ) -> BoxFuture<'static, Answer> {
         let started = Instant::now();
         let api = req.api_key;
         let version = req.version;
@@ -83,7 +89,7 @@ impl Broker {
             RequestKind::DeleteTopics(r) => ready(self.delete_topics(r, version).await),
             RequestKind::CreatePartitions(r) => ready(self.create_partitions(r).await),
             RequestKind::DeleteRecords(r) => ready(self.delete_records(r).await),
-            RequestKind::DescribeConfigs(r) => ready(self.describe_configs(r)),
+            RequestKind::DescribeConfigs(r) => ready(self.describe_configs(r, version)),
             RequestKind::AlterConfigs(r) => ready(self.alter_configs(r).await),
             RequestKind::IncrementalAlterConfigs(r) => {
                 ready(self.incremental_alter_configs(r).await)
@@ -104,7 +110,8 @@ impl Broker {
                     .as_deref()
                     .unwrap_or_default()
                     .to_string();
-                self.join_group(r, version, client_id)
+                // As Kafka shows it (a Java InetAddress without a host name).
+                self.join_group(r, version, client_id, format!("/{peer}"))
             }
             RequestKind::SyncGroup(r) => self.sync_group(r, version),
             RequestKind::Heartbeat(r) => ready(self.heartbeat(r, version)),

@@ -39,7 +39,9 @@ pub mod code {
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const INVALID_RECORD: i16 = 87;
+    pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
     // Consumer groups.
     pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;

@@ -7,6 +7,7 @@
 //! as a Kafka broker does; an ApiVersions request for a version we lack gets the v0 error
 //! answer so the client can retry with a version we have.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
                 let broker = broker.clone();
                 tokio::spawn(async move {
                     broker.metrics.connection_opened();
-                    if let Err(err) = connection(stream, &broker).await {
+                    if let Err(err) = connection(stream, peer.ip(), &broker).await {
                         tracing::debug!(%peer, %err, "connection closed");
                     }
                     broker.metrics.connection_closed();
@@ -140,7 +141,11 @@ async fn fill(rd: &mut OwnedReadHalf, buf: &mut BytesMut, want: usize) -> std::i
     Ok(true)
 }
 
-async fn connection(stream: TcpStream, broker: &Arc<Broker>) -> Result<(), ConnError> {
+async fn connection(
+    stream: TcpStream,
+    peer: IpAddr,
+    broker: &Arc<Broker>,
+) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
     let (rd, mut wr) = stream.into_split();
     let max_inflight = broker.config.max_inflight_requests_per_connection.max(1);
@@ -163,7 +168,7 @@ async fn connection(stream: TcpStream, broker: &Arc<Broker>) -> Result<(), ConnE
                 };
                 let frame = frame.inspect_err(|_| broker.metrics.bad_request())?;
                 match protocol::decode_request(frame.clone()) {
-                    Ok(req) => inflight.push_back(broker.handle(req).await),
+                    Ok(req) => inflight.push_back(broker.handle(req, peer).await),
                     Err(DecodeError::UnsupportedVersion { api: ApiKey::ApiVersions, .. }) => {
                         let pre = protocol::preamble(&frame)?;
                         let answer = protocol::api_versions_fallback(pre.correlation_id)

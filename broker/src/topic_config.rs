@@ -16,53 +16,79 @@ struct Key {
     name: &'static str,
     default: &'static str,
     kind: Kind,
+    /// Kafka's type for DescribeConfigs: 2 STRING, 3 INT, 5 LONG, 7 LIST.
+    wire_type: i8,
+    doc: &'static str,
 }
+
+const STRING: i8 = 2;
+const INT: i8 = 3;
+const LONG: i8 = 5;
+const LIST: i8 = 7;
 
 const KEYS: &[Key] = &[
     Key {
         name: "cleanup.policy",
         default: "delete",
         kind: Kind::OneOf(&["delete"]),
+        wire_type: LIST,
+        doc: "How old segments are removed. Only \"delete\" (by retention.ms and retention.bytes) is supported; compaction is not.",
     },
     Key {
         name: "compression.type",
         default: "producer",
         kind: Kind::OneOf(&["producer"]),
+        wire_type: STRING,
+        doc: "Batches are stored as the producer compressed them (\"producer\").",
     },
     Key {
         name: MAX_MESSAGE_BYTES,
         default: "",
         kind: Kind::Long { min: 0 },
+        wire_type: INT,
+        doc: "The largest record batch the topic accepts, in bytes. Defaults to the broker's message.max.bytes.",
     },
     Key {
         name: "message.timestamp.type",
         default: "CreateTime",
         kind: Kind::OneOf(&["CreateTime"]),
+        wire_type: STRING,
+        doc: "Records keep the producer's timestamps (CreateTime).",
     },
     Key {
         name: "min.insync.replicas",
         default: "1",
         kind: Kind::Long { min: 1 },
+        wire_type: INT,
+        doc: "Stored for compatibility: an acks=all write is acknowledged once a majority of the partition's replicas (its Raft group) have it.",
     },
     Key {
         name: "retention.bytes",
         default: "-1",
         kind: Kind::Long { min: -1 },
+        wire_type: LONG,
+        doc: "The most bytes a partition keeps before its oldest data is deleted; -1 is no limit.",
     },
     Key {
         name: "retention.ms",
         default: "604800000",
         kind: Kind::Long { min: -1 },
+        wire_type: LONG,
+        doc: "How long data is kept before it is deleted, in milliseconds; -1 is forever.",
     },
     Key {
         name: "segment.bytes",
         default: "1073741824",
         kind: Kind::Long { min: 14 },
+        wire_type: INT,
+        doc: "Stored for compatibility: the broker's tiering settings decide the size of the objects data is kept in.",
     },
     Key {
         name: "segment.ms",
         default: "604800000",
         kind: Kind::Long { min: 1 },
+        wire_type: LONG,
+        doc: "Stored for compatibility: data is shipped to the bucket at least every tiering_interval_ms (a broker setting).",
     },
 ];
 
@@ -89,16 +115,37 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// Every known key with its effective value and whether it is the default.
-pub fn effective(
-    overrides: &BTreeMap<String, String>,
-    message_max_bytes: u32,
-) -> Vec<(&'static str, String, bool)> {
+/// One key of a topic's configuration as it is in effect.
+pub struct Effective {
+    pub name: &'static str,
+    pub value: String,
+    /// The value when the topic does not set it.
+    pub default: String,
+    /// Whether the topic sets it.
+    pub overridden: bool,
+    /// Kafka's config type code (DescribeConfigs v3+).
+    pub wire_type: i8,
+    pub doc: &'static str,
+}
+
+/// Every known key with its effective value.
+pub fn effective(overrides: &BTreeMap<String, String>, message_max_bytes: u32) -> Vec<Effective> {
     KEYS.iter()
-        .map(|k| match overrides.get(k.name) {
-            Some(v) => (k.name, v.clone(), false),
-            None if k.name == MAX_MESSAGE_BYTES => (k.name, message_max_bytes.to_string(), true),
-            None => (k.name, k.default.to_string(), true),
+        .map(|k| {
+            let default = if k.name == MAX_MESSAGE_BYTES {
+                message_max_bytes.to_string()
+            } else {
+                k.default.to_string()
+            };
+            let value = overrides.get(k.name).cloned();
+            Effective {
+                name: k.name,
+                overridden: value.is_some(),
+                value: value.unwrap_or_else(|| default.clone()),
+                default,
+                wire_type: k.wire_type,
+                doc: k.doc,
+            }
         })
         .collect()
 }
@@ -154,7 +201,15 @@ mod tests {
         assert!(validate("cleanup.policy", "compact").is_err());
         assert!(validate("no.such.key", "1").is_err());
         let eff = effective(&[("retention.ms".to_string(), "5".to_string())].into(), 100);
-        assert!(eff.contains(&("retention.ms", "5".to_string(), false)));
-        assert!(eff.contains(&(MAX_MESSAGE_BYTES, "100".to_string(), true)));
+        let get = |name: &str| eff.iter().find(|e| e.name == name).expect(name);
+        let retention = get("retention.ms");
+        assert_eq!(
+            (retention.value.as_str(), retention.overridden),
+            ("5", true)
+        );
+        assert_eq!(retention.default, "604800000");
+        let max = get(MAX_MESSAGE_BYTES);
+        assert_eq!((max.value.as_str(), max.overridden), ("100", false));
+        assert!(eff.iter().all(|e| !e.doc.is_empty() && e.wire_type > 0));
     }
 }

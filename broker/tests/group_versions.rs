@@ -92,8 +92,8 @@ async fn group_life(broker: &Arc<Broker>, v: i16) {
             r.error_code
         };
         assert_eq!(
-            code, 15,
-            "transaction coordinator: COORDINATOR_NOT_AVAILABLE"
+            code, 53,
+            "no transaction coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED, fatal at once"
         );
     }
 
@@ -242,6 +242,9 @@ async fn group_life(broker: &Arc<Broker>, v: i16) {
 
     let mut describe = DescribeGroupsRequest::default();
     describe.groups = vec![GroupId(s(&group)), GroupId(s("no-such-group"))];
+    if v >= 3 {
+        describe.include_authorized_operations = true;
+    }
     let ResponseKind::DescribeGroups(r) =
         ask(broker, v, RequestKind::DescribeGroups(describe)).await
     else {
@@ -249,6 +252,15 @@ async fn group_life(broker: &Arc<Broker>, v: i16) {
     };
     assert_eq!(r.groups[0].group_state.as_str(), "Stable");
     assert_eq!(r.groups[0].members.len(), 1);
+    // As Kafka shows a client's address.
+    assert_eq!(r.groups[0].members[0].client_host.as_str(), "/127.0.0.1");
+    // Without an authorizer every group operation is allowed: READ, DELETE, DESCRIBE.
+    let ops = if v >= 3 {
+        (1 << 3) | (1 << 6) | (1 << 8)
+    } else {
+        i32::MIN
+    };
+    assert_eq!(r.groups[0].authorized_operations, ops);
     assert_eq!(
         r.groups[0].members[0].member_assignment,
         Bytes::from_static(b"assignment")

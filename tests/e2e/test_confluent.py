@@ -121,3 +121,21 @@ def test_offsets_for_times_and_watermarks(broker):
     assign_from_beginning(consumer, topic, [0])
     msgs = consume_confluent(consumer, 10, timeout=60)
     assert [m.timestamp()[1] for m in msgs] == [base + i * 1000 for i in range(10)]
+
+
+def test_transactional_producer_is_refused_at_once(broker):
+    """Transactions are not implemented: init_transactions must fail fast with a fatal error
+    that says why, not retry the coordinator lookup until its timeout."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "tx-1"})
+    started = time.monotonic()
+    try:
+        producer.init_transactions(30)
+    except KafkaException as e:
+        err = e.args[0]
+    else:
+        raise AssertionError("init_transactions succeeded against a broker without transactions")
+    assert time.monotonic() - started < 10
+    assert err.fatal() or not err.retriable(), err
+    assert "transactional.id" in err.str(), err.str()

@@ -505,10 +505,12 @@ def test_bad_group_requests_get_kafka_codes(broker):
     assert commit("real", 5) == 3
     assert commit("real", 0) == 0
     assert commit("real", 0, group="") == 24
-    # FindCoordinator v1 for a transaction: not available here.
+    # FindCoordinator v1 for a transaction: TRANSACTIONAL_ID_AUTHORIZATION_FAILED, which
+    # clients treat as fatal (they retry COORDINATOR_NOT_AVAILABLE until their timeout).
     r = raw(broker, FIND, 1, kwire.enc_string("txn") + struct.pack(">b", 1))
     r.i32()
-    assert r.i16() == 15
+    assert r.i16() == 53
+    assert "transactional.id" in r.string()
     r = raw(broker, FIND, 1, kwire.enc_string("g-ok") + struct.pack(">b", 0))
     r.i32()
     assert r.i16() == 0

@@ -33,9 +33,13 @@ use super::coordinator::{validate_group_id, OFFSET_METADATA_MAX_BYTES};
 use super::state::JoinRequest;
 use crate::broker::{ready, Broker, Outcome, Reply};
 use crate::errors::code;
+use crate::handlers::operations;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
+const TRANSACTIONS_UNSUPPORTED: &str =
+    "Chronik does not support Kafka transactions: unset transactional.id (an idempotent \
+     producer still writes each batch exactly once per partition)";
 
 fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
@@ -74,9 +78,16 @@ impl Broker {
                     let (node, host, port) = coordinator.clone().unwrap_or_default();
                     (code::NONE, node, host, port)
                 }
-                KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION => {
-                    (code::COORDINATOR_NOT_AVAILABLE, -1, String::new(), -1)
-                }
+                KEY_TYPE_GROUP => (code::COORDINATOR_NOT_AVAILABLE, -1, String::new(), -1),
+                // There is no transaction coordinator. Clients retry COORDINATOR_NOT_AVAILABLE
+                // until their timeout; this error is fatal to a transactional producer at
+                // once, and the message says why (as InitProducerId does).
+                KEY_TYPE_TRANSACTION => (
+                    code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    -1,
+                    String::new(),
+                    -1,
+                ),
                 _ => (code::INVALID_REQUEST, -1, String::new(), -1),
             }
         };
@@ -111,6 +122,7 @@ impl Broker {
         req: JoinGroupRequest,
         version: i16,
         client_id: String,
+        client_host: String,
     ) -> Reply {
         let join = JoinRequest {
             member_id: req.member_id.to_string(),
@@ -120,7 +132,7 @@ impl Broker {
                 None
             },
             client_id,
-            client_host: String::new(),
+            client_host,
             session_timeout_ms: req.session_timeout_ms,
             rebalance_timeout_ms: if version >= 1 {
                 req.rebalance_timeout_ms
@@ -483,7 +495,7 @@ impl Broker {
 
     pub(crate) fn describe_groups(&self, req: DescribeGroupsRequest, version: i16) -> ResponseKind {
         let mut resp = DescribeGroupsResponse::default();
-        for group_id in req.groups {
+        for group_id in req.groups.iter().cloned() {
             let mut d = DescribedGroup::default();
             d.group_id = group_id.clone();
             let id = group_id.0.as_str();
@@ -502,6 +514,9 @@ impl Broker {
                         }
                     }
                     Some(g) => {
+                        if version >= 3 && req.include_authorized_operations {
+                            d.authorized_operations = operations::GROUP;
+                        }
                         d.group_state = s(g.state.name());
                         d.protocol_type = s(g.protocol_type);
                         d.protocol_data = s(g.protocol_name);
@@ -607,6 +622,7 @@ fn error_message(error: i16) -> &'static str {
     match error {
         code::COORDINATOR_NOT_AVAILABLE => "the coordinator is not available",
         code::INVALID_REQUEST => "unsupported coordinator key type",
+        code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED => TRANSACTIONS_UNSUPPORTED,
         _ => "error",
     }
 }

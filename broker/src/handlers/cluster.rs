@@ -10,10 +10,13 @@ use kafka_protocol::messages::{
     MetadataRequest, MetadataResponse, ResponseKind,
 };
 
-use super::{str_bytes, topic_name};
+use super::{operations, str_bytes, topic_name};
 use crate::broker::Broker;
 use crate::errors::code;
 use crate::protocol::SUPPORTED_APIS;
+
+/// DescribeCluster's endpoint type for brokers (v1+; 2 is controllers).
+const ENDPOINT_TYPE_BROKER: i8 = 1;
 
 impl Broker {
     pub(crate) fn api_versions(&self, _req: ApiVersionsRequest) -> ResponseKind {
@@ -24,15 +27,30 @@ impl Broker {
     }
 
     pub(crate) async fn metadata(&self, req: MetadataRequest, version: i16) -> ResponseKind {
-        // v0: an empty list means all topics; v1+: null means all, empty means none.
+        // v0: an empty list means all topics; v1+: null means all, empty means none. From
+        // v10 an entry may name its topic by id alone (a null name).
+        let mut unknown_ids = Vec::new();
         let requested: Option<Vec<String>> = match req.topics {
             None => None,
             Some(t) if t.is_empty() && version == 0 => None,
-            Some(t) => Some(
-                t.into_iter()
-                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
-                    .collect(),
-            ),
+            Some(t) => {
+                let meta = self.node.cluster();
+                let mut names = Vec::with_capacity(t.len());
+                for t in t {
+                    let name = match t.name {
+                        Some(n) => Some(n.0.to_string()),
+                        None => meta.topic_by_id(t.topic_id).map(|(n, _)| n.clone()),
+                    };
+                    match name {
+                        // Kafka answers a topic asked for twice once.
+                        Some(n) if !names.contains(&n) => names.push(n),
+                        Some(_) => {}
+                        None if !unknown_ids.contains(&t.topic_id) => unknown_ids.push(t.topic_id),
+                        None => {}
+                    }
+                }
+                Some(names)
+            }
         };
         let auto_create =
             self.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
@@ -56,6 +74,9 @@ impl Broker {
         let mut resp = MetadataResponse::default();
         if version >= 2 {
             resp.cluster_id = meta.cluster_id.clone().map(str_bytes);
+        }
+        if (8..=10).contains(&version) && req.include_cluster_authorized_operations {
+            resp.cluster_authorized_operations = operations::CLUSTER;
         }
         resp.controller_id = self.controller_id();
         resp.brokers = meta
@@ -85,6 +106,9 @@ impl Broker {
                     if version >= 10 {
                         t.topic_id = topic.id;
                     }
+                    if version >= 8 && req.include_topic_authorized_operations {
+                        t.topic_authorized_operations = operations::TOPIC;
+                    }
                     for (i, p) in topic.partitions.iter().enumerate() {
                         let mut mp = MetadataResponsePartition::default();
                         mp.partition_index = i as i32;
@@ -106,6 +130,13 @@ impl Broker {
                     }
                 }
             }
+            resp.topics.push(t);
+        }
+        for id in unknown_ids {
+            let mut t = MetadataResponseTopic::default();
+            t.name = None;
+            t.topic_id = id;
+            t.error_code = code::UNKNOWN_TOPIC_ID;
             resp.topics.push(t);
         }
         ResponseKind::Metadata(resp)
@@ -141,13 +172,26 @@ impl Broker {
             .collect()
     }
 
-    pub(crate) fn describe_cluster(&self, _req: DescribeClusterRequest) -> ResponseKind {
+    pub(crate) fn describe_cluster(&self, req: DescribeClusterRequest) -> ResponseKind {
         let meta = self.node.cluster();
         let mut resp = DescribeClusterResponse::default();
+        // Every node is a broker and the controller is reached through them (KIP-919).
+        if req.endpoint_type != ENDPOINT_TYPE_BROKER {
+            resp.error_code = code::MISMATCHED_ENDPOINT_TYPE;
+            resp.error_message = Some(str_bytes(
+                "Chronik nodes only have broker endpoints: ask with endpoint type 1 (brokers)",
+            ));
+            resp.endpoint_type = ENDPOINT_TYPE_BROKER;
+            return ResponseKind::DescribeCluster(resp);
+        }
         resp.cluster_id = str_bytes(meta.cluster_id.clone().unwrap_or_default());
         resp.controller_id = self.controller_id();
-        resp.endpoint_type = 1;
-        resp.cluster_authorized_operations = i32::MIN;
+        resp.endpoint_type = ENDPOINT_TYPE_BROKER;
+        resp.cluster_authorized_operations = if req.include_cluster_authorized_operations {
+            operations::CLUSTER
+        } else {
+            i32::MIN
+        };
         resp.brokers = meta
             .brokers
             .values()

@@ -1,10 +1,10 @@
 //! DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for topics (and a read-only view
 //! of the broker's static configuration).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{
     alter_configs_response, incremental_alter_configs_response, AlterConfigsRequest,
@@ -15,7 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use chronik_metastore::metadata::{MetadataCommand, MetadataResponse};
 
-use super::str_bytes;
+use super::{named_twice, repeated, str_bytes};
 use crate::broker::Broker;
 use crate::errors::{bootstrap_error_code, code, metadata_error_code};
 use crate::topic_config;
@@ -32,26 +32,36 @@ const OP_DELETE: i8 = 1;
 type Failure = (i16, String);
 
 impl Broker {
-    fn broker_configs(&self) -> Vec<(&'static str, String)> {
+    /// The broker configs DescribeConfigs shows: name, value and Kafka's type code.
+    fn broker_configs(&self) -> Vec<(&'static str, String, i8)> {
+        const BOOLEAN: i8 = 1;
+        const INT: i8 = 3;
         let c = &self.config;
         vec![
             (
                 "auto.create.topics.enable",
                 c.auto_create_topics.to_string(),
+                BOOLEAN,
             ),
-            ("message.max.bytes", c.message_max_bytes.to_string()),
-            ("num.partitions", c.num_partitions.to_string()),
+            ("message.max.bytes", c.message_max_bytes.to_string(), INT),
+            ("num.partitions", c.num_partitions.to_string(), INT),
             (
                 "socket.request.max.bytes",
                 c.socket_request_max_bytes.to_string(),
+                INT,
             ),
-            ("broker.id", c.node_id.to_string()),
+            ("broker.id", c.node_id.to_string(), INT),
         ]
     }
 
-    pub(crate) fn describe_configs(&self, req: DescribeConfigsRequest) -> ResponseKind {
+    pub(crate) fn describe_configs(
+        &self,
+        req: DescribeConfigsRequest,
+        version: i16,
+    ) -> ResponseKind {
         let mut resp = DescribeConfigsResponse::default();
-        for res in req.resources {
+        let res_synonyms = req.include_synonyms;
+        for res in &req.resources {
             let mut r = DescribeConfigsResult::default();
             r.resource_type = res.resource_type;
             r.resource_name = res.resource_name.clone();
@@ -60,12 +70,16 @@ impl Broker {
                     .as_ref()
                     .is_none_or(|keys| keys.iter().any(|w| w.as_str() == k))
             };
+            let synonyms = version >= 1 && res_synonyms;
             let entry = |name: &str, value: String, source: i8, read_only: bool| {
                 let mut c = DescribeConfigsResourceResult::default();
                 c.name = str_bytes(name);
-                c.value = Some(str_bytes(value));
+                c.value = Some(str_bytes(value.clone()));
                 c.config_source = source;
                 c.read_only = read_only;
+                if synonyms {
+                    c.synonyms.push(synonym(name, value, source));
+                }
                 c
             };
             match res.resource_type {
@@ -80,18 +94,31 @@ impl Broker {
                             )));
                         }
                         Some(topic) => {
-                            for (name, value, default) in topic_config::effective(
+                            for e in topic_config::effective(
                                 &topic.configs,
                                 self.config.message_max_bytes,
                             ) {
-                                if wanted(name) {
-                                    let source = if default {
-                                        SOURCE_DEFAULT
-                                    } else {
-                                        SOURCE_TOPIC
-                                    };
-                                    r.configs.push(entry(name, value, source, false));
+                                if !wanted(e.name) {
+                                    continue;
                                 }
+                                let source = if e.overridden {
+                                    SOURCE_TOPIC
+                                } else {
+                                    SOURCE_DEFAULT
+                                };
+                                let mut c = entry(e.name, e.value, source, false);
+                                // As Kafka: the synonyms in order of precedence, the
+                                // topic's own value first, then the default under it.
+                                if synonyms && e.overridden {
+                                    c.synonyms.push(synonym(e.name, e.default, SOURCE_DEFAULT));
+                                }
+                                if version >= 3 {
+                                    c.config_type = e.wire_type;
+                                    if req.include_documentation {
+                                        c.documentation = Some(str_bytes(e.doc));
+                                    }
+                                }
+                                r.configs.push(c);
                             }
                         }
                     }
@@ -100,10 +127,13 @@ impl Broker {
                     let ours = res.resource_name.is_empty()
                         || res.resource_name.as_str() == self.node.node_id.to_string();
                     if ours {
-                        for (name, value) in self.broker_configs() {
+                        for (name, value, wire_type) in self.broker_configs() {
                             if wanted(name) {
-                                r.configs
-                                    .push(entry(name, value, SOURCE_STATIC_BROKER, true));
+                                let mut c = entry(name, value, SOURCE_STATIC_BROKER, true);
+                                if version >= 3 {
+                                    c.config_type = wire_type;
+                                }
+                                r.configs.push(c);
                             }
                         }
                     } else {
@@ -179,16 +209,32 @@ impl Broker {
 
     pub(crate) async fn alter_configs(&self, req: AlterConfigsRequest) -> ResponseKind {
         let mut resp = AlterConfigsResponse::default();
-        for res in req.resources {
-            let changes = Ok(res
-                .configs
+        let twice = repeated(
+            req.resources
                 .iter()
-                .filter_map(|c| {
-                    c.value
-                        .as_ref()
-                        .map(|v| (c.name.to_string(), Some(v.to_string())))
-                })
-                .collect());
+                .map(|r| (r.resource_type, &r.resource_name)),
+        );
+        let mut refused = HashSet::new();
+        for res in &req.resources {
+            let key = (res.resource_type, &res.resource_name);
+            if twice.contains(&key) && !refused.insert(key) {
+                continue;
+            }
+            let changes = if twice.contains(&key) {
+                Err(named_twice("resource"))
+            } else if let Some(name) = repeated(res.configs.iter().map(|c| &c.name)).iter().next() {
+                Err(config_named_twice(name))
+            } else {
+                Ok(res
+                    .configs
+                    .iter()
+                    .filter_map(|c| {
+                        c.value
+                            .as_ref()
+                            .map(|v| (c.name.to_string(), Some(v.to_string())))
+                    })
+                    .collect())
+            };
             let outcome = self
                 .alter_topic(
                     res.resource_type,
@@ -200,7 +246,7 @@ impl Broker {
                 .await;
             let mut r = alter_configs_response::AlterConfigsResourceResponse::default();
             r.resource_type = res.resource_type;
-            r.resource_name = res.resource_name;
+            r.resource_name = res.resource_name.clone();
             if let Err((error, message)) = outcome {
                 r.error_code = error;
                 r.error_message = Some(str_bytes(message));
@@ -215,28 +261,44 @@ impl Broker {
         req: IncrementalAlterConfigsRequest,
     ) -> ResponseKind {
         let mut resp = IncrementalAlterConfigsResponse::default();
-        for res in req.resources {
-            let changes: Result<BTreeMap<String, Option<String>>, Failure> = res
-                .configs
+        let twice = repeated(
+            req.resources
                 .iter()
-                .map(|c| match c.config_operation {
-                    OP_SET => match &c.value {
-                        Some(v) => Ok((c.name.to_string(), Some(v.to_string()))),
-                        None => Err((
-                            code::INVALID_CONFIG,
-                            format!("SET of {} needs a value", c.name.as_str()),
+                .map(|r| (r.resource_type, &r.resource_name)),
+        );
+        let mut refused = HashSet::new();
+        for res in &req.resources {
+            let key = (res.resource_type, &res.resource_name);
+            if twice.contains(&key) && !refused.insert(key) {
+                continue;
+            }
+            let changes: Result<BTreeMap<String, Option<String>>, Failure> = if twice.contains(&key)
+            {
+                Err(named_twice("resource"))
+            } else if let Some(name) = repeated(res.configs.iter().map(|c| &c.name)).iter().next() {
+                Err(config_named_twice(name))
+            } else {
+                res.configs
+                    .iter()
+                    .map(|c| match c.config_operation {
+                        OP_SET => match &c.value {
+                            Some(v) => Ok((c.name.to_string(), Some(v.to_string()))),
+                            None => Err((
+                                code::INVALID_CONFIG,
+                                format!("SET of {} needs a value", c.name.as_str()),
+                            )),
+                        },
+                        OP_DELETE => Ok((c.name.to_string(), None)),
+                        op => Err((
+                            code::INVALID_REQUEST,
+                            format!(
+                                "config operation {op} (APPEND/SUBTRACT) is not supported for {}",
+                                c.name.as_str()
+                            ),
                         )),
-                    },
-                    OP_DELETE => Ok((c.name.to_string(), None)),
-                    op => Err((
-                        code::INVALID_REQUEST,
-                        format!(
-                            "config operation {op} (APPEND/SUBTRACT) is not supported for {}",
-                            c.name.as_str()
-                        ),
-                    )),
-                })
-                .collect();
+                    })
+                    .collect()
+            };
             let outcome = self
                 .alter_topic(
                     res.resource_type,
@@ -248,7 +310,7 @@ impl Broker {
                 .await;
             let mut r = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
             r.resource_type = res.resource_type;
-            r.resource_name = res.resource_name;
+            r.resource_name = res.resource_name.clone();
             if let Err((error, message)) = outcome {
                 r.error_code = error;
                 r.error_message = Some(str_bytes(message));
@@ -257,4 +319,23 @@ impl Broker {
         }
         ResponseKind::IncrementalAlterConfigs(resp)
     }
+}
+
+fn synonym(name: &str, value: String, source: i8) -> DescribeConfigsSynonym {
+    let mut s = DescribeConfigsSynonym::default();
+    s.name = str_bytes(name);
+    s.value = Some(str_bytes(value));
+    s.source = source;
+    s
+}
+
+/// Kafka's answer to a resource that sets or deletes one config twice.
+fn config_named_twice(name: &StrBytes) -> Failure {
+    (
+        code::INVALID_REQUEST,
+        format!(
+            "the request names config {} more than once for this resource",
+            name.as_str()
+        ),
+    )
 }

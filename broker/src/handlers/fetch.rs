@@ -17,12 +17,20 @@ use crate::partition::Partition;
 
 impl Broker {
     pub(crate) async fn fetch(self: Arc<Self>, req: FetchRequest, version: i16) -> ResponseKind {
+        // Fetch sessions (KIP-227): a full fetch that asks for one (epoch 0) gets session id
+        // 0, "no session", so clients go on sending full fetches. An incremental fetch
+        // (any other epoch but -1) names a session this broker never gave out.
+        if version >= 7 && req.session_epoch != 0 && req.session_epoch != -1 {
+            let mut resp = FetchResponse::default();
+            resp.error_code = code::FETCH_SESSION_ID_NOT_FOUND;
+            return ResponseKind::Fetch(resp);
+        }
         let wait_ms = (req.max_wait_ms.max(0) as u64).min(self.config.fetch_max_wait_ms_cap);
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let min_bytes = req.min_bytes.max(0) as usize;
         loop {
-            // Subscribe before reading so that an append between the read and the wait
-            // still wakes us.
+            // Each partition's watch is taken with its high watermark, under the same lock,
+            // so an append after the read still wakes us.
             let mut watches: Vec<watch::Receiver<i64>> = Vec::new();
             let (resp, bytes, errors) = self.fetch_once(&req, version, &mut watches).await;
             // As Kafka: answer at once when min_bytes is there (min_bytes 0 never waits),
@@ -74,13 +82,12 @@ impl Broker {
                     Some(p) => {
                         let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
                         match self
-                            .read_partition(&p, fp, limit, total == 0, &mut pd)
+                            .read_partition(&p, fp, limit, total == 0, &mut pd, watches)
                             .await
                         {
                             Ok(n) => {
                                 total += n;
                                 remaining = remaining.saturating_sub(n);
-                                watches.push(p.log.read().subscribe());
                             }
                             Err(e) => pd.error_code = e,
                         }
@@ -98,7 +105,8 @@ impl Broker {
         (resp, total, any_error)
     }
 
-    /// Fills `pd` for one partition; returns the record bytes added.
+    /// Fills `pd` for one partition and adds its high-watermark watch to `watches`;
+    /// returns the record bytes added.
     async fn read_partition(
         &self,
         p: &Partition,
@@ -106,6 +114,7 @@ impl Broker {
         limit: usize,
         first: bool,
         pd: &mut PartitionData,
+        watches: &mut Vec<watch::Receiver<i64>>,
     ) -> Result<usize, i16> {
         if !p.is_leader(self.node.node_id) {
             return Err(code::NOT_LEADER_OR_FOLLOWER);
@@ -115,6 +124,7 @@ impl Broker {
         }
         let (start, hwm) = {
             let log = p.log.read();
+            watches.push(log.subscribe());
             (log.log_start_offset(), log.high_watermark())
         };
         pd.high_watermark = hwm;

@@ -12,6 +12,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::records::RecordBatchDecoder;
 
+use super::repeated;
 use crate::broker::Broker;
 use crate::errors::code;
 use crate::partition::Partition;
@@ -23,6 +24,12 @@ const MAX_TIMESTAMP: i64 = -3;
 impl Broker {
     pub(crate) async fn list_offsets(&self, req: ListOffsetsRequest, version: i16) -> ResponseKind {
         let mut resp = ListOffsetsResponse::default();
+        // As Kafka, every entry of a partition asked for twice is answered INVALID_REQUEST.
+        let twice = repeated(req.topics.iter().flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.clone(), p.partition_index))
+        }));
         for topic in req.topics {
             let mut t = ListOffsetsTopicResponse::default();
             t.name = topic.name.clone();
@@ -32,6 +39,11 @@ impl Broker {
                 r.timestamp = -1;
                 r.offset = -1;
                 r.leader_epoch = -1;
+                if twice.contains(&(topic.name.clone(), lp.partition_index)) {
+                    r.error_code = code::INVALID_REQUEST;
+                    t.partitions.push(r);
+                    continue;
+                }
                 match self
                     .partitions
                     .get(topic.name.0.as_str(), lp.partition_index)

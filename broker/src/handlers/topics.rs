@@ -1,6 +1,6 @@
 //! CreateTopics, DeleteTopics, CreatePartitions, and topic auto-creation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use chronik_metastore::metadata::{MetadataCommand, MetadataResponse};
 use chronik_metastore::types::NodeId;
 
-use super::{str_bytes, topic_name};
+use super::{named_twice, repeated, str_bytes, topic_name};
 use crate::broker::Broker;
 use crate::errors::{bootstrap_error_code, code, metadata_error_code};
 use crate::topic_config;
@@ -146,10 +146,21 @@ impl Broker {
     ) -> ResponseKind {
         let mut resp = CreateTopicsResponse::default();
         let mut created = Vec::new();
+        let twice = repeated(req.topics.iter().map(|t| &t.name));
+        let mut refused = HashSet::new();
         for t in &req.topics {
             let mut r = CreatableTopicResult::default();
             r.name = t.name.clone();
-            let outcome = match self.plan_topic(t) {
+            let outcome = if twice.contains(&t.name) {
+                // One answer per name, as Kafka's response is keyed by name.
+                if !refused.insert(&t.name) {
+                    continue;
+                }
+                Err(named_twice("topic"))
+            } else {
+                self.plan_topic(t)
+            };
+            let outcome = match outcome {
                 Err(f) => Err(f),
                 Ok((assignments, configs)) => {
                     r.num_partitions = assignments.len() as i32;
@@ -160,11 +171,11 @@ impl Broker {
                     r.configs = Some(
                         effective
                             .into_iter()
-                            .map(|(k, v, default)| {
+                            .map(|e| {
                                 let mut c = CreatableTopicConfigs::default();
-                                c.name = str_bytes(k);
-                                c.value = Some(str_bytes(v));
-                                c.config_source = if default { 5 } else { 1 };
+                                c.name = str_bytes(e.name);
+                                c.value = Some(str_bytes(e.value));
+                                c.config_source = if e.overridden { 1 } else { 5 };
                                 c
                             })
                             .collect(),
@@ -228,9 +239,26 @@ impl Broker {
                 .iter()
                 .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
         );
+        let twice = repeated(targets.iter().cloned());
+        let mut refused = HashSet::new();
         for (name, id) in targets {
             let mut r = DeletableTopicResult::default();
             r.topic_id = id;
+            if twice.contains(&(name.clone(), id)) {
+                if !refused.insert((name.clone(), id)) {
+                    continue;
+                }
+                r.name = name.as_deref().map(topic_name);
+                (r.error_code, r.error_message) = (code::INVALID_REQUEST, None);
+                if version >= 5 {
+                    r.error_message = Some(str_bytes(named_twice("topic").1));
+                }
+                if version < 6 {
+                    r.topic_id = Uuid::nil();
+                }
+                resp.responses.push(r);
+                continue;
+            }
             let meta = self.node.cluster();
             let resolved = match &name {
                 Some(n) => meta.topics.get(n).map(|t| (n.clone(), t.id)),
@@ -269,9 +297,20 @@ impl Broker {
 
     pub(crate) async fn create_partitions(&self, req: CreatePartitionsRequest) -> ResponseKind {
         let mut resp = CreatePartitionsResponse::default();
+        let twice = repeated(req.topics.iter().map(|t| &t.name));
+        let mut refused = HashSet::new();
         for t in &req.topics {
             let mut r = CreatePartitionsTopicResult::default();
             r.name = t.name.clone();
+            if twice.contains(&t.name) {
+                if refused.insert(&t.name) {
+                    let (error, message) = named_twice("topic");
+                    r.error_code = error;
+                    r.error_message = Some(str_bytes(message));
+                    resp.results.push(r);
+                }
+                continue;
+            }
             let name = t.name.0.to_string();
             let current = self
                 .node

@@ -55,7 +55,11 @@ pub async fn round_trip(
 ) -> ResponseKind {
     let req = decode_request(frame(key, version, body))
         .unwrap_or_else(|e| panic!("decode {key:?} v{version}: {e}"));
-    let bytes = match broker.handle(req).await.await {
+    let bytes = match broker
+        .handle(req, std::net::Ipv4Addr::LOCALHOST.into())
+        .await
+        .await
+    {
         Answer::Send(b) => b,
         Answer::Nothing => panic!("{key:?} v{version}: no response"),
         Answer::Close => panic!("{key:?} v{version}: the response could not be encoded"),
