@@ -20,6 +20,7 @@
 //! batches from the WAL today).
 
 pub mod fencing;
+pub mod lock;
 pub mod snapshots;
 
 use std::collections::BTreeMap;

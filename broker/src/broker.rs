@@ -30,6 +30,8 @@ pub struct Broker {
     pub tier: Arc<crate::tiering::Tier>,
     /// (host, port) told to clients.
     pub advertised: (String, u16),
+    /// Keeps a second process off this node's data directory while it runs.
+    pub _data_dir_lock: chronik_bootstrap::lock::DataDirLock,
 }
 
 /// A handler's answer, once its work is done.

@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use chronik_bootstrap::fencing::{claim_bucket, spawn_lease, FencingConfig};
+use chronik_bootstrap::lock::DataDirLock;
 use chronik_bootstrap::{Node, NodeConfig, RaftTimings};
 use chronik_metastore::metadata::{BrokerInfo, MetadataCommand};
 use chronik_metastore::wal::WalConfig;
@@ -88,6 +89,7 @@ pub async fn open_with(
     let reachable_at = peers.get(&config.node_id).cloned().or(raft_addr.clone());
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create --data-dir {}", config.data_dir.display()))?;
+    let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
     let bucket_url = match &config.bucket {
         Some(url) => url.clone(),
         None => chronik_tiering::default_bucket_url(&config.data_dir)?,
@@ -182,6 +184,7 @@ pub async fn open_with(
         groups,
         tier,
         advertised,
+        _data_dir_lock: data_dir_lock,
     });
     Ok(broker)
 }

@@ -105,3 +105,19 @@ def test_serve_with_no_flags(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def test_second_process_on_a_data_dir_is_refused(broker, tmp_path):
+    """Two processes on one data dir would both acknowledge writes at the same offsets and
+    one's would be lost: the second is refused at once and names the holder."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CHRONIK_")}
+    r = subprocess.run([chronik_bin(), "serve", "--kafka-addr", "127.0.0.1:0",
+                        "--http-addr", "127.0.0.1:0", "--data-dir", str(broker.data_dir),
+                        "--bucket", f"file://{broker.bucket_dir}"],
+                       capture_output=True, text=True, timeout=30, env=e, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "in use by another Chronik process" in r.stderr, r.stderr
+    assert f"pid {broker.proc.pid}" in r.stderr, r.stderr
+    assert "panicked" not in r.stderr, r.stderr
+    # The first broker was not disturbed.
+    assert partitions_of_autocreated(broker, "still-serving") >= 1
