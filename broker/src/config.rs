@@ -294,10 +294,20 @@ impl Config {
 
 /// Resolves a listen address (`IP:PORT` or `HOST:PORT`).
 pub fn parse_addr(flag: &str, addr: &str) -> anyhow::Result<SocketAddr> {
-    addr.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .with_context(|| format!("--{flag} {addr:?} must be HOST:PORT, e.g. 127.0.0.1:9092"))
+    let well_formed = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !well_formed {
+        bail!("--{flag} {addr:?} must be HOST:PORT, e.g. 127.0.0.1:9092");
+    }
+    match addr.to_socket_addrs() {
+        Ok(mut found) => found.next().with_context(|| {
+            format!("--{flag} {addr:?}: the host name has no address; check its spelling")
+        }),
+        Err(e) => {
+            bail!("--{flag} {addr:?}: cannot resolve the host name ({e}); check its spelling")
+        }
+    }
 }
 
 #[cfg(test)]

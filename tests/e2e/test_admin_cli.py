@@ -61,3 +61,13 @@ def test_errors_are_clear_and_exit_nonzero(broker):
     down = subprocess.run([chronik_bin(), "topics", "list", "--bootstrap", "127.0.0.1:1"],
                           capture_output=True, text=True, timeout=60)
     assert down.returncode != 0 and "is the broker running?" in down.stderr
+    # The broker's HTTP address instead of its Kafka one, and a host name that does not
+    # resolve: each says what is wrong.
+    http = subprocess.run([chronik_bin(), "topics", "list", "--bootstrap",
+                           f"127.0.0.1:{broker.http_port}"],
+                          capture_output=True, text=True, timeout=60)
+    assert http.returncode != 0 and "HTTP" in http.stderr, http.stderr
+    unknown = subprocess.run([chronik_bin(), "topics", "list", "--bootstrap",
+                              "no-such-host.invalid:9092"],
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode != 0 and "resolve" in unknown.stderr, unknown.stderr

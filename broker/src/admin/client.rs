@@ -13,7 +13,13 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 pub struct AdminClient {
     stream: TcpStream,
     correlation_id: i32,
+    /// The address given, for messages.
+    bootstrap: String,
 }
+
+/// How long an answer may take. Every admin request the broker serves finishes well
+/// within this (topic creation waits at most 30 s).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Responses larger than this are refused (admin answers are small).
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
@@ -23,11 +29,12 @@ impl AdminClient {
         let addr = crate::config::parse_addr("bootstrap", bootstrap)?;
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .with_context(|| format!("connect to {bootstrap} (is the broker running?)"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
         Ok(AdminClient {
             stream,
             correlation_id: 0,
+            bootstrap: bootstrap.to_string(),
         })
     }
 
@@ -52,10 +59,20 @@ impl AdminClient {
         let mut size = [0u8; 4];
         self.stream
             .read_exact(&mut size)
-            .context("read response size")?;
+            .map_err(|e| self.no_answer(e))?;
+        if &size == b"HTTP" {
+            bail!(
+                "{} answered in HTTP: that is a broker's --http-addr; give its Kafka \
+                 address (--kafka-addr, 9092 by default)",
+                self.bootstrap
+            );
+        }
         let size = i32::from_be_bytes(size);
         if size < 0 || size as usize > MAX_RESPONSE_BYTES {
-            bail!("broker sent a response of {size} bytes");
+            bail!(
+                "{} sent a response of {size} bytes: is it a Kafka broker's address?",
+                self.bootstrap
+            );
         }
         let mut body = vec![0u8; size as usize];
         self.stream.read_exact(&mut body).context("read response")?;
@@ -76,5 +93,23 @@ impl AdminClient {
             );
         }
         Ok(response)
+    }
+
+    /// The error for a response that never came.
+    fn no_answer(&self, e: std::io::Error) -> anyhow::Error {
+        use std::io::ErrorKind;
+        let at = &self.bootstrap;
+        match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => anyhow::anyhow!(
+                "{at} did not answer within {} s: is it a Chronik broker's Kafka address, \
+                 and is the broker healthy?",
+                ANSWER_TIMEOUT.as_secs()
+            ),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => anyhow::anyhow!(
+                "{at} closed the connection without answering: is it a Kafka broker's \
+                 address (not its HTTP address)?"
+            ),
+            _ => anyhow::Error::new(e).context(format!("read the answer from {at}")),
+        }
     }
 }
