@@ -226,6 +226,34 @@ pub async fn claim_bucket(
             decision = Claim::Join;
         }
     }
+    if decision == Claim::Join && !clustered {
+        // Joining needs the cluster's addresses; without them the node would wait for a
+        // metadata leader it cannot reach.
+        let now = now_unix_ms();
+        let live: Vec<String> = read_other_leases(bucket, node_id)
+            .await?
+            .iter()
+            .filter(|l| {
+                in_bucket
+                    .as_ref()
+                    .is_some_and(|b| l.is_live_in(b, now, config.lease_timeout))
+            })
+            .map(|l| l.node_id.to_string())
+            .collect();
+        let owner = if live.is_empty() {
+            "a cluster that another node created moments ago".to_string()
+        } else {
+            format!(
+                "a live cluster (nodes {} renew leases in it)",
+                live.join(", ")
+            )
+        };
+        return Err(BootstrapError::Fenced(format!(
+            "the bucket belongs to {owner}. To add this node to that cluster, start it with \
+             --peers listing every node as ID@HOST:PORT, this one included; to run a \
+             cluster of its own, give it another --bucket"
+        )));
+    }
     let ours = match decision {
         Claim::Refuse(why) => return Err(BootstrapError::Fenced(why)),
         Claim::Watch(_) => {
@@ -301,7 +329,7 @@ async fn watch_lease(
                 .map(|o| (o.cluster_id.as_str(), o.incarnation.as_str()))
                 .unwrap_or(("?", l.incarnation.as_str()));
             return Ok(Claim::Refuse(format!(
-                "the bucket is owned by live cluster {cluster} (incarnation {incarnation}), whose node {} keeps renewing its lease: stop that node (its lease then expires after {:.1}s) before restoring from this bucket, use another bucket, or, to add this node to that cluster, give it an unused --node-id",
+                "the bucket is owned by live cluster {cluster} (incarnation {incarnation}), whose node {} keeps renewing its lease: stop that node (its lease then expires after {:.1}s) before restoring from this bucket, use another bucket, or, to add this node to that cluster, give it an unused --node-id and --peers listing every node as ID@HOST:PORT",
                 l.node_id,
                 config.lease_timeout.as_secs_f64()
             )));

@@ -36,6 +36,20 @@ def test_second_cluster_is_refused_while_the_owner_lives(broker_factory):
     owner.assert_healthy()
 
 
+def test_new_node_id_without_peers_is_told_to_give_them(broker_factory):
+    # A node with another id and no --peers cannot join the live cluster: it must say so
+    # at once instead of waiting for a metadata leader it has no address for.
+    owner = broker_factory(extra_args=FAST_LEASE)
+    stranger = broker_factory(extra_args=FAST_LEASE, start=False, node_id=2)
+    stranger.bucket_dir = owner.bucket_dir
+    started = time.monotonic()
+    code, out = run_to_exit(stranger)
+    assert code != 0
+    assert "--peers" in out and "nodes 1 renew leases" in out, out[-2000:]
+    assert time.monotonic() - started < 15
+    owner.assert_healthy()
+
+
 def test_empty_node_restores_once_the_owner_is_gone(broker_factory):
     owner = broker_factory(extra_args=FAST_LEASE)
     owner.create_topic("dr", partitions=2)
