@@ -156,6 +156,7 @@ impl Config {
             if !path.exists() {
                 bail!("config file {} does not exist", path.display());
             }
+            check_keys(path)?;
             figment = figment.merge(Toml::file(path));
         }
         figment = figment
@@ -288,8 +289,70 @@ impl Config {
         if host.is_empty() {
             bail!("advertised-addr {addr:?} has no host");
         }
+        let unspecified = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if unspecified {
+            // As Kafka refuses 0.0.0.0 in advertised.listeners: clients cannot dial it.
+            let fix = if self.advertised_addr.is_some() {
+                "give --advertised-addr the HOST:PORT clients dial"
+            } else {
+                "--kafka-addr listens on every interface, so also give --advertised-addr, \
+                 the HOST:PORT clients dial"
+            };
+            bail!("advertised-addr {addr:?} is not an address clients can connect to: {fix}");
+        }
         Ok((host.to_string(), port))
     }
+}
+
+/// Refuses a config file key that is not a setting: a misspelt key would otherwise be
+/// ignored and its setting silently left at the default.
+fn check_keys(path: &Path) -> anyhow::Result<()> {
+    let keys: BTreeMap<String, figment::value::Value> =
+        Figment::from(Toml::file(path))
+            .extract()
+            .with_context(|| format!("read config file {}", path.display()))?;
+    let known = serde_json::to_value(Config::default())?;
+    let known = known.as_object().context("settings")?;
+    for key in keys.keys() {
+        if known.contains_key(key) {
+            continue;
+        }
+        let closest = known
+            .keys()
+            .min_by_key(|k| edit_distance(k, key))
+            .filter(|k| edit_distance(k, key) <= 3);
+        let hint = match closest {
+            Some(k) => format!("did you mean {k:?}? "),
+            None => String::new(),
+        };
+        bail!(
+            "config file {}: unknown key {key:?}; {hint}every key is listed in infra/chronik.toml",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, for suggesting the key a typo meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Resolves a listen address (`IP:PORT` or `HOST:PORT`).

@@ -174,7 +174,43 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshots_kept: Option<usize>,
-    /// Log filter, e.g. info or chronik_broker=debug [default: info].
+    /// Requests one connection may have in flight before the broker stops reading from it [default: 64].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_inflight_requests_per_connection: Option<usize>,
+    /// Longest fetch wait honoured, whatever a client asks for, in ms [default: 30000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fetch_max_wait_ms_cap: Option<u64>,
+    /// Bytes per WAL segment file [default: 67108864].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_segment_bytes: Option<u64>,
+    /// Raft heartbeat interval, ms [default: 100].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raft_heartbeat_interval_ms: Option<u64>,
+    /// Shortest Raft election timeout, ms [default: 300].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raft_election_timeout_min_ms: Option<u64>,
+    /// Longest Raft election timeout, ms [default: 600].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raft_election_timeout_max_ms: Option<u64>,
+    /// Shortest consumer session timeout accepted, ms [default: 6000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_min_session_timeout_ms: Option<u64>,
+    /// Longest consumer session timeout accepted, ms [default: 1800000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_max_session_timeout_ms: Option<u64>,
+    /// How long a new group's first rebalance waits for more members, ms [default: 300].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_initial_rebalance_delay_ms: Option<u64>,
+    /// Log filter, e.g. info or chronik_broker=debug [default: info,openraft=warn].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<String>,
@@ -217,4 +253,29 @@ fn init_tracing(default: &str) {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_setting_is_also_a_flag() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let flags: Vec<String> = serve
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        let settings = serde_json::to_value(Config::default()).expect("settings");
+        for key in settings.as_object().expect("object").keys() {
+            let flag = key.replace('_', "-");
+            assert!(
+                flags.contains(&flag),
+                "no --{flag} flag for the {key} setting"
+            );
+        }
+    }
 }

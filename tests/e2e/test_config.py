@@ -58,8 +58,10 @@ def run_serve(tmp_path, *args, env=None):
     (["--num-partitions", "0"], {}, "num-partitions"),
     ([], {"CHRONIK_NUM_PARTITIONS": "many"}, "num_partitions"),
     (["--advertised-addr", "no-port"], {}, "advertised-addr"),
+    (["--kafka-addr", "0.0.0.0:0"], {}, "advertised-addr"),
+    (["--kafka-addr", "127.0.0.1:0", "--advertised-addr", "[::]:9092"], {}, "advertised-addr"),
 ], ids=["kafka-addr", "http-addr", "wal-fsync", "missing-config", "zero-partitions",
-        "env-not-a-number", "advertised-addr"])
+        "env-not-a-number", "advertised-addr", "listen-on-all-unadvertised", "advertise-all"])
 def test_bad_config_exits_with_a_clear_message(tmp_path, args, env, needle):
     r = run_serve(tmp_path, *args, env=env)
     assert r.returncode != 0
@@ -76,6 +78,15 @@ def test_bad_toml_exits_with_a_clear_message(tmp_path):
     r = run_serve(tmp_path, "--config", str(conf))
     assert r.returncode != 0
     assert "chronik.toml" in r.stderr and "panicked" not in r.stderr, r.stderr
+
+
+def test_misspelt_config_key_is_refused_with_a_suggestion(tmp_path):
+    conf = tmp_path / "chronik.toml"
+    conf.write_text('kafka_adr = "127.0.0.1:1"\n')
+    r = run_serve(tmp_path, "--config", str(conf))
+    assert r.returncode != 0
+    assert 'unknown key "kafka_adr"' in r.stderr, r.stderr
+    assert 'did you mean "kafka_addr"' in r.stderr, r.stderr
 
 
 def port_free(port):
