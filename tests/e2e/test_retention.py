@@ -139,6 +139,22 @@ def test_retention_ms_expires_old_chunks_and_keeps_new_data(broker_factory):
     assert metric(broker, "chronik_retention_deletes_total") >= 1
 
 
+def test_retention_ms_expires_the_newest_data_too(broker_factory):
+    # Kafka rolls and deletes an active segment whose records have all expired; so does
+    # Chronik with the newest chunk and the untiered tail. The partition is then empty at
+    # its end offset, and new data goes on from there.
+    broker = broker_factory(extra_args=ARGS)
+    topic = "all-expired"
+    broker.create_topic(topic, config={"retention.ms": "600000"})
+    produce(broker, topic, 0, 100, timestamp=int(time.time() * 1000) - 3_600_000)
+    wait_until(lambda: watermarks(broker, topic) == (100, 100), timeout=30,
+               what="retention to expire the newest data")
+    produce(broker, topic, 100, 50)
+    offsets, keys = read_keys(broker, topic, 50)
+    assert (offsets, keys) == (list(range(100, 150)), list(range(100, 150)))
+    assert watermarks(broker, topic) == (100, 150)
+
+
 def test_retention_bytes_keeps_only_the_newest_data(broker_factory):
     broker = broker_factory(extra_args=ARGS)
     topic = "sized"

@@ -2,9 +2,9 @@
 //! `retention.ms` / `retention.bytes`. A pure function of the partition state, the topic
 //! configs and the clock; the tiering loop proposes the answer as a DeleteRecords command.
 //!
-//! Like Kafka, which deletes whole segments, only whole units are expired: manifest entries
-//! (chunks and segments) and untiered tail batches, oldest first, stopping at the first one
-//! that must stay. A unit expires by time when its largest timestamp is older than
+//! Like Kafka, which deletes whole segments (its active one included), only whole units are
+//! expired: manifest entries (chunks and segments) and untiered tail batches, oldest first,
+//! stopping at the first one that must stay. A unit expires by time when its largest timestamp is older than
 //! `now - retention.ms`; by size while the rest of the log stays at least
 //! `retention.bytes` (tiered units count their object size, tail batches their batch size).
 //! -1 disables either limit.
@@ -79,21 +79,18 @@ pub fn retention_cutoff(
         .units(open)
         .map(|u| (u.last_offset(), u.max_timestamp(), u.bytes()))
         .collect();
-    // Like Kafka's active segment, the newest data is never deleted by retention: the
-    // untiered tail and the newest chunk stay, whatever their timestamps (a producer may
-    // send old timestamps; Kafka keeps those until their segment rolls).
-    let live = units.len();
+    // As in Kafka, which rolls its active segment so that it can delete it, the newest
+    // data expires too: the newest chunk and the untiered tail are units like the others.
     units.extend(
         log.tail()
             .iter()
             .map(|b| (b.last_offset, b.max_timestamp, b.bytes as u64))
             .filter(|(last, _, _)| *last >= start),
     );
-    let deletable = &units[..live.saturating_sub(1)];
     let mut cutoff = start;
     if policy.retention_ms >= 0 {
         let oldest_kept = now_ms.saturating_sub(policy.retention_ms);
-        for (last, max_ts, _) in deletable {
+        for (last, max_ts, _) in &units {
             if *max_ts >= oldest_kept {
                 break;
             }
@@ -103,7 +100,7 @@ pub fn retention_cutoff(
     if policy.retention_bytes >= 0 {
         let total: u64 = units.iter().map(|u| u.2).sum();
         let mut over = total as i64 - policy.retention_bytes;
-        for (last, _, size) in deletable {
+        for (last, _, size) in &units {
             if over - (*size as i64) < 0 {
                 break;
             }
@@ -169,10 +166,14 @@ mod tests {
         assert_eq!(retention_cutoff(&log, &policy(1_000, -1), 1_000, &[]), None);
         // The first chunk (max ts 200) is older than 250; the second (400) is not.
         assert_eq!(retention_cutoff(&log, &policy(50, -1), 300, &[]), Some(4));
-        // The second chunk expired too, but it is the newest: like Kafka's active segment,
-        // it stays, and so does the tail.
-        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451, &[]), Some(4));
-        assert_eq!(retention_cutoff(&log, &policy(0, -1), 10_000, &[]), Some(4));
+        // The second chunk expired too; the tail batch (500) has not.
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451, &[]), Some(8));
+        // As Kafka deletes an expired active segment, everything expired goes, the newest
+        // chunk and the tail included: the log is then empty at its end offset.
+        assert_eq!(
+            retention_cutoff(&log, &policy(0, -1), 10_000, &[]),
+            Some(10)
+        );
     }
 
     #[test]
@@ -188,9 +189,10 @@ mod tests {
             retention_cutoff(&log, &policy(-1, 1001 + tail), 0, &[]),
             None
         );
-        // Never the newest chunk or the tail, however small the limit.
-        assert_eq!(retention_cutoff(&log, &policy(-1, tail), 0, &[]), Some(4));
-        assert_eq!(retention_cutoff(&log, &policy(-1, 0), 0, &[]), Some(4));
+        // At least the limit stays: with the tail's size as the limit, only the tail.
+        assert_eq!(retention_cutoff(&log, &policy(-1, tail), 0, &[]), Some(8));
+        // A limit of 0 keeps nothing, as in Kafka.
+        assert_eq!(retention_cutoff(&log, &policy(-1, 0), 0, &[]), Some(10));
         assert_eq!(retention_cutoff(&log, &policy(-1, 1 << 40), 0, &[]), None);
     }
 
@@ -199,8 +201,8 @@ mod tests {
         let mut log = log();
         run(&mut log, 20, delete_records_command(4, 0));
         assert_eq!(retention_cutoff(&log, &policy(50, -1), 300, &[]), None);
-        // What is left is the newest chunk and the tail: nothing more to delete.
-        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451, &[]), None);
+        // The newest chunk (400) has expired by 451; the tail (500) has not.
+        assert_eq!(retention_cutoff(&log, &policy(50, -1), 451, &[]), Some(8));
     }
 
     #[test]
@@ -263,8 +265,13 @@ mod tests {
         // Once the log start is inside the page, it straddles it.
         run(&mut log, 22, delete_records_command(4, 0));
         assert_eq!(log.straddling_page(), Some(&page));
-        // Everything older than 450: k1 (400) goes, k2 (the newest entry) stays.
+        // Everything older than 450: k1 (400) goes, k2 (500) stays.
         assert_eq!(retention_cutoff(&log, &policy(50, -1), 500, &open), Some(8));
+        // Everything older than 550: k2, the newest entry, goes too.
+        assert_eq!(
+            retention_cutoff(&log, &policy(50, -1), 600, &open),
+            Some(10)
+        );
     }
 
     fn tail_bytes(log: &PartitionLog) -> u64 {
