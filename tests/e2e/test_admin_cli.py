@@ -71,3 +71,5 @@ def test_errors_are_clear_and_exit_nonzero(broker):
                               "no-such-host.invalid:9092"],
                              capture_output=True, text=True, timeout=60)
     assert unknown.returncode != 0 and "resolve" in unknown.stderr, unknown.stderr
+    nogroup = cli(broker, "groups", "describe", "no-such-group", check=False)
+    assert nogroup.returncode != 0 and "does not exist" in nogroup.stderr, nogroup.stderr

@@ -260,6 +260,14 @@ impl Bucket {
     /// Opens a bucket by URL and checks, with one cheap LIST (retried per the policy), that
     /// it exists and the credentials work. The error names the URL and what to fix.
     pub async fn open_with(url: &str, options: BucketOptions) -> Result<Bucket, TieringError> {
+        // A bare absolute path is a local directory, as file://PATH.
+        let file_url;
+        let url = if url.starts_with('/') {
+            file_url = format!("file://{url}");
+            file_url.as_str()
+        } else {
+            url
+        };
         let parsed = Url::parse(url).map_err(|e| TieringError::BadUrl {
             url: url.to_string(),
             reason: e.to_string(),

@@ -45,6 +45,9 @@ async fn opens_a_local_directory_and_refuses_bad_urls() {
     let url = format!("file://{}/b", dir.path().display());
     let bucket = Bucket::open(&url).await.expect("open");
     assert_eq!(bucket.url(), url);
+    // A bare absolute path means the same directory.
+    let bare = format!("{}/b", dir.path().display());
+    assert_eq!(Bucket::open(&bare).await.expect("open").url(), url);
     assert!(matches!(
         Bucket::open("not a url").await,
         Err(TieringError::BadUrl { .. })

@@ -280,6 +280,8 @@ pub fn topics(target: &Target, command: &TopicsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+const GROUP_ID_NOT_FOUND: i16 = 69;
+
 pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
     let mut client = AdminClient::connect(&target.bootstrap)?;
     match command {
@@ -300,10 +302,17 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
         GroupsCommand::Describe { group } => {
             let mut req = DescribeGroupsRequest::default();
             req.groups = vec![GroupId(str_bytes(group.clone()))];
-            let resp = client.call(&req, 5)?;
+            // v6 answers GROUP_ID_NOT_FOUND for a group the coordinator does not know.
+            let resp = client.call(&req, 6)?;
             let Some(g) = resp.groups.first() else {
                 bail!("no answer for group {group}")
             };
+            if g.error_code == GROUP_ID_NOT_FOUND {
+                bail!(
+                    "group {group} does not exist: it has no members and no committed offsets \
+                     (`chronik groups list` shows the groups there are)"
+                );
+            }
             if g.error_code != 0 {
                 bail!("group {group}: {}", error_name(g.error_code));
             }
