@@ -9,6 +9,7 @@ framing and the bounded-read connection.
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 import kwire
@@ -49,9 +50,12 @@ def _bytes_field(b: bytes | None) -> bytes:
 
 
 def record_batch(values: list[bytes], producer_id: int = -1, producer_epoch: int = -1,
-                 base_sequence: int = -1, timestamp: int = 1_700_000_000_000,
+                 base_sequence: int = -1, timestamp: int | None = None,
                  magic: int = 2) -> bytes:
-    """An uncompressed v2 batch of `values` (no keys, no headers), CRC set."""
+    """An uncompressed v2 batch of `values` (no keys, no headers), CRC set. The timestamp
+    defaults to now: an old one would be deleted by the topic's retention (7 days)."""
+    if timestamp is None:
+        timestamp = int(time.time() * 1000)
     records = b""
     for i, v in enumerate(values):
         body = b"\x00" + _varint(0) + _varint(i) + _bytes_field(None) + _bytes_field(v) + _varint(0)
