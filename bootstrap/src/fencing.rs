@@ -50,7 +50,15 @@ pub struct Lease {
     pub heartbeat_unix_ms: u64,
 }
 
+/// The heartbeat of a lease given up on a clean stop ([`LeaseTask::release`]).
+const RELEASED: u64 = 0;
+
 impl Lease {
+    /// Whether the node gave this lease up on a clean stop.
+    fn released(&self) -> bool {
+        self.heartbeat_unix_ms == RELEASED
+    }
+
     /// Whether this lease belongs to `owner`'s incarnation and was renewed within `timeout`.
     fn is_live_in(&self, owner: &Incarnation, now_ms: u64, timeout: Duration) -> bool {
         self.incarnation == owner.incarnation
@@ -108,6 +116,8 @@ pub fn decide(
         (None, Some(b)) => match lease.filter(|l| fresh(l)) {
             Some(l) => Claim::Watch(l.clone()),
             None if others.iter().any(fresh) => Claim::Join,
+            // This id's owner gave its lease up on a clean stop: nobody writes any more.
+            None if lease.is_some_and(Lease::released) => Claim::Adopt,
             // Created moments ago by a peer starting with us: a new cluster is forming.
             None if now_ms.saturating_sub(b.created_unix_ms)
                 < lease_timeout.as_millis() as u64 =>
@@ -339,32 +349,74 @@ async fn watch_lease(
 
 /// Renews the lease every `interval`. If another incarnation has taken the lease, this
 /// node no longer owns the bucket: it logs why and exits the process (fail-stop).
-pub fn spawn_lease(bucket: Bucket, incarnation: String, node_id: NodeId, interval: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        loop {
-            tick.tick().await;
-            match read_lease(&bucket, node_id).await {
-                Ok(Some(l)) if l.incarnation != incarnation => {
-                    tracing::error!(ours = %incarnation, theirs = %l.incarnation, node = l.node_id, "another cluster took over the bucket's lease; stopping so that the two never write over each other");
-                    std::process::exit(3);
+pub fn spawn_lease(
+    bucket: Bucket,
+    incarnation: String,
+    node_id: NodeId,
+    interval: Duration,
+) -> LeaseTask {
+    let renewing = {
+        let (bucket, incarnation) = (bucket.clone(), incarnation.clone());
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                tick.tick().await;
+                match read_lease(&bucket, node_id).await {
+                    Ok(Some(l)) if l.incarnation != incarnation => {
+                        tracing::error!(ours = %incarnation, theirs = %l.incarnation, node = l.node_id, "another cluster took over the bucket's lease; stopping so that the two never write over each other");
+                        std::process::exit(3);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "read the bucket lease; retrying next interval");
+                        continue;
+                    }
+                    _ => {}
                 }
-                Err(err) => {
-                    tracing::warn!(%err, "read the bucket lease; retrying next interval");
-                    continue;
+                let lease = Lease {
+                    incarnation: incarnation.clone(),
+                    node_id,
+                    heartbeat_unix_ms: now_unix_ms(),
+                };
+                if let Err(err) = write_lease(&bucket, &lease).await {
+                    tracing::warn!(%err, "renew the bucket lease; retrying next interval");
                 }
-                _ => {}
             }
-            let lease = Lease {
-                incarnation: incarnation.clone(),
-                node_id,
-                heartbeat_unix_ms: now_unix_ms(),
-            };
-            if let Err(err) = write_lease(&bucket, &lease).await {
-                tracing::warn!(%err, "renew the bucket lease; retrying next interval");
-            }
-        }
-    });
+        })
+    };
+    LeaseTask {
+        renewing,
+        bucket,
+        incarnation,
+        node_id,
+    }
+}
+
+/// The lease renewal of a running node.
+pub struct LeaseTask {
+    renewing: tokio::task::JoinHandle<()>,
+    bucket: Bucket,
+    incarnation: String,
+    node_id: NodeId,
+}
+
+impl LeaseTask {
+    /// Stops renewing and marks the lease expired, so that a node restoring from the
+    /// bucket need not wait out the lease timeout after a clean stop. Only for a node
+    /// that has stopped writing to the bucket.
+    pub async fn release(self) -> Result<(), BootstrapError> {
+        self.renewing.abort();
+        let _ = self.renewing.await;
+        write_lease(
+            &self.bucket,
+            &Lease {
+                incarnation: self.incarnation,
+                node_id: self.node_id,
+                heartbeat_unix_ms: RELEASED,
+            },
+        )
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -468,6 +520,30 @@ mod tests {
         assert_eq!(
             decide(None, Some(&inc("b")), None, &[other], now, TIMEOUT),
             Claim::Adopt
+        );
+    }
+    #[test]
+    fn a_released_lease_is_adopted_at_once_even_in_a_young_cluster() {
+        // The bucket was created moments ago (inside the lease timeout), which alone reads
+        // as a cluster forming; a lease given up on a clean stop says its owner is gone.
+        let now = 100_000;
+        let mut young = inc("b");
+        young.created_unix_ms = now - 1_000;
+        assert_eq!(
+            decide(None, Some(&young), None, &[], now, TIMEOUT),
+            Claim::Join
+        );
+        let released = lease("b", RELEASED);
+        assert_eq!(
+            decide(None, Some(&young), Some(&released), &[], now, TIMEOUT),
+            Claim::Adopt
+        );
+        // Other live nodes still mean joining them.
+        let mut other = lease("b", now - 1_000);
+        other.node_id = 2;
+        assert_eq!(
+            decide(None, Some(&young), Some(&released), &[other], now, TIMEOUT),
+            Claim::Join
         );
     }
 }

@@ -32,6 +32,8 @@ pub struct Broker {
     pub advertised: (String, u16),
     /// Keeps a second process off this node's data directory while it runs.
     pub _data_dir_lock: chronik_bootstrap::lock::DataDirLock,
+    /// The bucket lease's renewal, given up on a clean stop.
+    pub lease: parking_lot::Mutex<Option<chronik_bootstrap::fencing::LeaseTask>>,
 }
 
 /// A handler's answer, once its work is done.

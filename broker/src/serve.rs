@@ -67,7 +67,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .is_err()
     {
+        // Still writing, perhaps: the lease stays and expires on its own.
         tracing::warn!("raft groups did not stop within 10s; exiting anyway");
+        return Ok(());
+    }
+    // Stopped cleanly: give the lease up, so that a node restoring from the bucket (say,
+    // after this disk is replaced) need not wait for it to expire.
+    let lease = broker.lease.lock().take();
+    if let Some(lease) = lease {
+        match lease.release().await {
+            Ok(()) => tracing::info!("released the bucket lease"),
+            Err(err) => tracing::warn!(%err, "release the bucket lease; it expires on its own"),
+        }
     }
     Ok(())
 }
@@ -112,7 +123,7 @@ pub async fn open_with(
     )
     .await
     .context("claim the bucket")?;
-    spawn_lease(
+    let lease = spawn_lease(
         bucket.clone(),
         incarnation.incarnation.clone(),
         config.node_id,
@@ -185,6 +196,7 @@ pub async fn open_with(
         tier,
         advertised,
         _data_dir_lock: data_dir_lock,
+        lease: parking_lot::Mutex::new(Some(lease)),
     });
     Ok(broker)
 }

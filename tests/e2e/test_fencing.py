@@ -83,6 +83,31 @@ def test_empty_node_restores_once_the_owner_is_gone(broker_factory):
     assert len(consume_confluent(consumer, 1200, timeout=60)) == 1200
 
 
+def test_clean_stop_gives_up_the_lease(broker_factory):
+    # After a clean stop nobody is writing to the bucket, so a node restoring from it
+    # (a replaced disk) need not wait for the lease to expire. The default lease timeout
+    # (15 s) is kept here: the restore must not wait for it.
+    owner = broker_factory(extra_args=["--tiering-interval-ms", "200",
+                                       "--snapshot-interval-ms", "200"])
+    owner.create_topic("clean", partitions=1)
+    producer = owner.producer({"acks": "all"})
+    dr = DeliveryTracker()
+    produce_all(producer, "clean", ((str(i).encode(), b"x", 0, None) for i in range(300)), dr)
+    wait_in_bucket(owner)
+    assert owner.stop() == 0
+    assert "released the bucket lease" in owner.log_tail()
+    assert lease_age_ms(owner.bucket_dir) > 1e9, "the lease is marked expired"
+    successor = broker_factory(start=False)
+    successor.bucket_dir = owner.bucket_dir
+    started = time.monotonic()
+    successor.start()
+    assert time.monotonic() - started < 10, "the restore waited for the lease"
+    consumer = successor.consumer()
+    assign_from_beginning(consumer, "clean", [0])
+    assert len(consume_confluent(consumer, 300, timeout=60)) == 300
+    consumer.close()
+
+
 def test_data_dir_of_another_cluster_is_refused(broker_factory):
     first = broker_factory(extra_args=FAST_LEASE)
     second = broker_factory(extra_args=FAST_LEASE)
