@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -51,6 +52,24 @@ def test_groups_show_committed_offsets_and_lag(broker):
     assert "cli-group" in [g["group"] for g in groups]
     desc = json.loads(cli(broker, "groups", "describe", "cli-group", "--json").stdout)
     assert desc["offsets"] == [{"topic": "cli-g", "partition": 0, "committed": 20, "latest": 50, "lag": 30}]
+
+    # A live member: its host and the partitions it was assigned.
+    live = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "cli-group",
+                     "enable.auto.commit": False, "broker.address.family": "v4"})
+    live.subscribe(["cli-g"])
+    try:
+        deadline = time.monotonic() + 30
+        while not live.assignment() and time.monotonic() < deadline:
+            live.poll(0.2)
+        assert live.assignment(), "the consumer was never assigned its partition"
+        desc = json.loads(cli(broker, "groups", "describe", "cli-group", "--json").stdout)
+        (member,) = desc["members"]
+        assert member["client_host"] == "/127.0.0.1"
+        assert member["assignment"] == [{"topic": "cli-g", "partitions": [0]}]
+        text = cli(broker, "groups", "describe", "cli-group").stdout
+        assert "cli-g:0" in text, text
+    finally:
+        live.close()
 
 
 def test_errors_are_clear_and_exit_nonzero(broker):

@@ -348,10 +348,25 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
                     out.push(json!({"topic": t.name.0.to_string(), "partition": p.partition_index, "committed": p.committed_offset, "latest": end, "lag": lag}));
                 }
             }
+            let consumer = g.protocol_type.as_str() == "consumer";
+            let assigned = |bytes: &bytes::Bytes| {
+                if consumer {
+                    consumer_assignment(bytes)
+                } else {
+                    None
+                }
+            };
             let members: Vec<Value> = g
                 .members
                 .iter()
-                .map(|m| json!({"member_id": m.member_id.to_string(), "client_id": m.client_id.to_string(), "instance_id": m.group_instance_id.as_ref().map(|s| s.to_string())}))
+                .map(|m| {
+                    let assignment = assigned(&m.member_assignment).map(|a| {
+                        a.iter()
+                            .map(|(t, ps)| json!({"topic": t, "partitions": ps}))
+                            .collect::<Vec<_>>()
+                    });
+                    json!({"member_id": m.member_id.to_string(), "client_id": m.client_id.to_string(), "client_host": m.client_host.to_string(), "instance_id": m.group_instance_id.as_ref().map(|s| s.to_string()), "assignment": assignment})
+                })
                 .collect();
             if !target.json {
                 println!(
@@ -360,10 +375,23 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
                     g.members.len()
                 );
                 for m in &g.members {
+                    let partitions = match assigned(&m.member_assignment) {
+                        Some(a) if !a.is_empty() => a
+                            .iter()
+                            .map(|(t, ps)| {
+                                let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+                                format!("{t}:{}", ps.join(","))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        Some(_) => "no partitions".into(),
+                        None => "assignment not shown".into(),
+                    };
                     println!(
-                        "  member {} (client {})",
+                        "  member {} (client {}, host {}): {partitions}",
                         m.member_id.as_str(),
-                        m.client_id.as_str()
+                        m.client_id.as_str(),
+                        m.client_host.as_str(),
                     );
                 }
             }
@@ -375,6 +403,27 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The partitions a consumer-protocol assignment gives a member, by topic; `None` if the
+/// bytes are not one (another protocol, or an empty assignment during a rebalance).
+fn consumer_assignment(bytes: &bytes::Bytes) -> Option<Vec<(String, Vec<i32>)>> {
+    use bytes::Buf;
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    use kafka_protocol::protocol::Decodable;
+    let mut b = bytes.clone();
+    if b.remaining() < 2 {
+        return None;
+    }
+    // Newer versions only add fields at the end: read what this codec knows.
+    let version = b.get_i16().clamp(0, 3);
+    let a = ConsumerProtocolAssignment::decode(&mut b, version).ok()?;
+    Some(
+        a.assigned_partitions
+            .into_iter()
+            .map(|t| (t.topic.0.to_string(), t.partitions))
+            .collect(),
+    )
 }
 
 pub fn cluster(target: &Target, command: &ClusterCommand) -> anyhow::Result<()> {
