@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use chronik_metastore::types::NodeId;
 use chronik_tiering::{Bucket, Incarnation};
@@ -334,6 +335,10 @@ async fn watch_lease(
         let step = (timeout_ms - age).min(config.lease_interval.as_millis() as u64);
         tokio::time::sleep(Duration::from_millis(step.max(10))).await;
         let now = read_lease(bucket, seen.node_id).await?;
+        if now.as_ref().is_some_and(Lease::released) {
+            // Its owner stopped cleanly while we watched.
+            return Ok(Claim::Adopt);
+        }
         if let Some(l) = now.filter(|l| l != &seen) {
             let (cluster, incarnation) = owner
                 .map(|o| (o.cluster_id.as_str(), o.incarnation.as_str()))
@@ -347,75 +352,105 @@ async fn watch_lease(
     }
 }
 
-/// Renews the lease every `interval`. If another incarnation has taken the lease, this
-/// node no longer owns the bucket: it logs why and exits the process (fail-stop).
+/// Renews this node's lease every `interval` until [`LeaseTask::release`]. A lease that
+/// another cluster took over stops the process, so that the two never write over each
+/// other.
 pub fn spawn_lease(
     bucket: Bucket,
     incarnation: String,
     node_id: NodeId,
     interval: Duration,
 ) -> LeaseTask {
-    let renewing = {
-        let (bucket, incarnation) = (bucket.clone(), incarnation.clone());
-        tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            loop {
-                tick.tick().await;
-                match read_lease(&bucket, node_id).await {
-                    Ok(Some(l)) if l.incarnation != incarnation => {
-                        tracing::error!(ours = %incarnation, theirs = %l.incarnation, node = l.node_id, "another cluster took over the bucket's lease; stopping so that the two never write over each other");
-                        std::process::exit(3);
+    let (stop, mut stopped) = oneshot::channel::<oneshot::Sender<Result<bool, BootstrapError>>>();
+    tokio::spawn(async move {
+        // The heartbeat this node wrote last: claim_bucket's, then each renewal's.
+        let mut last_written = match read_lease(&bucket, node_id).await {
+            Ok(Some(l)) if l.incarnation == incarnation => Some(l.heartbeat_unix_ms),
+            _ => None,
+        };
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            // Stopping is only seen between renewals, so a renewal under way lands before
+            // the release and never after it.
+            tokio::select! {
+                _ = tick.tick() => {}
+                reply = &mut stopped => {
+                    if let Ok(reply) = reply {
+                        let released = release(&bucket, &incarnation, node_id, last_written).await;
+                        let _ = reply.send(released);
                     }
-                    Err(err) => {
-                        tracing::warn!(%err, "read the bucket lease; retrying next interval");
-                        continue;
-                    }
-                    _ => {}
-                }
-                let lease = Lease {
-                    incarnation: incarnation.clone(),
-                    node_id,
-                    heartbeat_unix_ms: now_unix_ms(),
-                };
-                if let Err(err) = write_lease(&bucket, &lease).await {
-                    tracing::warn!(%err, "renew the bucket lease; retrying next interval");
+                    return;
                 }
             }
-        })
-    };
-    LeaseTask {
-        renewing,
-        bucket,
-        incarnation,
-        node_id,
+            match read_lease(&bucket, node_id).await {
+                Ok(Some(l)) if l.incarnation != incarnation => {
+                    tracing::error!(ours = %incarnation, theirs = %l.incarnation, node = l.node_id, "another cluster took over the bucket's lease; stopping so that the two never write over each other");
+                    std::process::exit(3);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "read the bucket lease; retrying next interval");
+                    continue;
+                }
+                _ => {}
+            }
+            let lease = Lease {
+                incarnation: incarnation.clone(),
+                node_id,
+                heartbeat_unix_ms: now_unix_ms(),
+            };
+            match write_lease(&bucket, &lease).await {
+                Ok(()) => last_written = Some(lease.heartbeat_unix_ms),
+                Err(err) => tracing::warn!(%err, "renew the bucket lease; retrying next interval"),
+            }
+        }
+    });
+    LeaseTask { stop }
+}
+
+/// Marks this node's lease released, if it is still the one this node wrote last: a
+/// lease another cluster, or a replacement node with this id, wrote since is theirs.
+async fn release(
+    bucket: &Bucket,
+    incarnation: &str,
+    node_id: NodeId,
+    last_written: Option<u64>,
+) -> Result<bool, BootstrapError> {
+    let current = read_lease(bucket, node_id).await?;
+    let ours = current
+        .is_some_and(|l| l.incarnation == incarnation && Some(l.heartbeat_unix_ms) == last_written);
+    if !ours {
+        return Ok(false);
     }
+    write_lease(
+        bucket,
+        &Lease {
+            incarnation: incarnation.to_string(),
+            node_id,
+            heartbeat_unix_ms: RELEASED,
+        },
+    )
+    .await?;
+    Ok(true)
 }
 
 /// The lease renewal of a running node.
 pub struct LeaseTask {
-    renewing: tokio::task::JoinHandle<()>,
-    bucket: Bucket,
-    incarnation: String,
-    node_id: NodeId,
+    stop: oneshot::Sender<oneshot::Sender<Result<bool, BootstrapError>>>,
 }
 
 impl LeaseTask {
-    /// Stops renewing and marks the lease expired, so that a node restoring from the
-    /// bucket need not wait out the lease timeout after a clean stop. Only for a node
-    /// that has stopped writing to the bucket.
-    pub async fn release(self) -> Result<(), BootstrapError> {
-        self.renewing.abort();
-        let _ = self.renewing.await;
-        write_lease(
-            &self.bucket,
-            &Lease {
-                incarnation: self.incarnation,
-                node_id: self.node_id,
-                heartbeat_unix_ms: RELEASED,
-            },
-        )
-        .await
+    /// Stops renewing and marks the lease released, so that a node restoring from the
+    /// bucket need not wait out the lease timeout after a clean stop. Only for a node that
+    /// has stopped writing to the bucket. True if released; false if the lease was no
+    /// longer this node's to give up.
+    pub async fn release(self) -> Result<bool, BootstrapError> {
+        let (reply, answer) = oneshot::channel();
+        self.stop
+            .send(reply)
+            .map_err(|_| BootstrapError::Fenced("the lease task has ended".into()))?;
+        answer
+            .await
+            .map_err(|_| BootstrapError::Fenced("the lease task has ended".into()))?
     }
 }
 
@@ -522,6 +557,7 @@ mod tests {
             Claim::Adopt
         );
     }
+
     #[test]
     fn a_released_lease_is_adopted_at_once_even_in_a_young_cluster() {
         // The bucket was created moments ago (inside the lease timeout), which alone reads
@@ -545,5 +581,59 @@ mod tests {
             decide(None, Some(&young), Some(&released), &[other], now, TIMEOUT),
             Claim::Join
         );
+    }
+    fn memory_bucket() -> Bucket {
+        Bucket::from_store(
+            "mem://",
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_watcher_adopts_when_the_owner_releases_its_lease() {
+        let bucket = memory_bucket();
+        let fresh = lease("b", now_unix_ms());
+        write_lease(&bucket, &fresh).await.expect("write");
+        let config = FencingConfig {
+            lease_interval: Duration::from_millis(20),
+            lease_timeout: Duration::from_secs(30),
+        };
+        let watcher = {
+            let bucket = bucket.clone();
+            tokio::spawn(async move { watch_lease(&bucket, fresh, None, &config).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        write_lease(&bucket, &lease("b", RELEASED))
+            .await
+            .expect("release");
+        let claim = tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watcher decided before the lease timeout")
+            .expect("join")
+            .expect("watch");
+        assert_eq!(claim, Claim::Adopt);
+    }
+
+    #[tokio::test]
+    async fn release_gives_up_only_the_lease_this_node_wrote_last() {
+        let bucket = memory_bucket();
+        write_lease(&bucket, &lease("b", now_unix_ms()))
+            .await
+            .expect("write");
+        let task = spawn_lease(bucket.clone(), "b".into(), 1, Duration::from_secs(60));
+        assert!(task.release().await.expect("release"));
+        let now = read_lease(&bucket, 1).await.expect("read").expect("lease");
+        assert!(now.released());
+
+        // A replacement with this id renewed since: its lease is left alone.
+        write_lease(&bucket, &lease("b", now_unix_ms()))
+            .await
+            .expect("write");
+        let task = spawn_lease(bucket.clone(), "b".into(), 1, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let theirs = lease("b", now_unix_ms() + 1);
+        write_lease(&bucket, &theirs).await.expect("write");
+        assert!(!task.release().await.expect("release"));
+        assert_eq!(read_lease(&bucket, 1).await.expect("read"), Some(theirs));
     }
 }

@@ -13,6 +13,7 @@ use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
 
 /// Held for as long as the node runs; dropping it unlocks the directory.
 #[derive(Debug)]
@@ -51,7 +52,7 @@ impl DataDirLock {
             .map_err(io)?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
+            Err(Errno::WOULDBLOCK) => {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
@@ -63,6 +64,16 @@ impl DataDirLock {
                         format!(" (pid {pid})")
                     },
                 });
+            }
+            // Some network and FUSE filesystems have no flock: run unlocked, as before
+            // the lock existed, rather than not at all.
+            Err(e @ (Errno::NOLCK | Errno::OPNOTSUPP | Errno::NOSYS)) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    err = %e,
+                    "this filesystem cannot lock the data directory; make sure no other process uses it"
+                );
+                return Ok(Self { _file: file });
             }
             Err(e) => return Err(io(e.into())),
         }

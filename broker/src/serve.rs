@@ -58,7 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     kafka_task.abort();
     http_task.abort();
+    let tier = broker.tier.clone();
     let stop = async {
+        // Tiering first: its step under way may still need the Raft groups to commit.
+        tier.shutdown().await;
         partitions.shutdown().await;
         groups.shutdown().await;
         node.shutdown().await;
@@ -75,9 +78,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // after this disk is replaced) need not wait for it to expire.
     let lease = broker.lease.lock().take();
     if let Some(lease) = lease {
-        match lease.release().await {
-            Ok(()) => tracing::info!("released the bucket lease"),
-            Err(err) => tracing::warn!(%err, "release the bucket lease; it expires on its own"),
+        // Bounded: with the bucket down, its retries could hold the exit up.
+        match tokio::time::timeout(Duration::from_secs(5), lease.release()).await {
+            Ok(Ok(true)) => tracing::info!("released the bucket lease"),
+            Ok(Ok(false)) => {
+                tracing::warn!("the bucket lease was renewed by another node; left as it is")
+            }
+            Ok(Err(err)) => tracing::warn!(%err, "release the bucket lease; it expires on its own"),
+            Err(_) => tracing::warn!("releasing the bucket lease timed out; it expires on its own"),
         }
     }
     Ok(())

@@ -30,6 +30,8 @@ impl Broker {
         // v0: an empty list means all topics; v1+: null means all, empty means none. From
         // v10 an entry may name its topic by id alone (a null name).
         let mut unknown_ids = Vec::new();
+        // Topics named by id are never auto-created (an id names a topic that exists).
+        let mut by_id = Vec::new();
         let requested: Option<Vec<String>> = match req.topics {
             None => None,
             Some(t) if t.is_empty() && version == 0 => None,
@@ -39,7 +41,10 @@ impl Broker {
                 for t in t {
                     let name = match t.name {
                         Some(n) => Some(n.0.to_string()),
-                        None => meta.topic_by_id(t.topic_id).map(|(n, _)| n.clone()),
+                        None => meta.topic_by_id(t.topic_id).map(|(n, _)| {
+                            by_id.push((n.clone(), t.topic_id));
+                            n.clone()
+                        }),
                     };
                     match name {
                         // Kafka answers a topic asked for twice once.
@@ -60,6 +65,7 @@ impl Broker {
             for name in names {
                 if !meta.topics.contains_key(name)
                     && auto_create
+                    && !by_id.iter().any(|(n, _)| n == name)
                     && crate::topic_config::validate_topic_name(name).is_ok()
                     && self.auto_create_topic(name).await.is_ok()
                 {
@@ -94,15 +100,26 @@ impl Broker {
         for name in names {
             let mut t = MetadataResponseTopic::default();
             t.name = Some(topic_name(&name));
-            match meta.topics.get(&name) {
-                None => {
+            let asked_id = by_id.iter().find(|(n, _)| *n == name).map(|(_, id)| *id);
+            // Asked for by id: the same topic, not one since recreated under that name.
+            let topic = meta
+                .topics
+                .get(&name)
+                .filter(|topic| asked_id.is_none_or(|id| topic.id == id));
+            match (topic, asked_id) {
+                (None, Some(id)) => {
+                    t.name = None;
+                    t.topic_id = id;
+                    t.error_code = code::UNKNOWN_TOPIC_ID;
+                }
+                (None, None) => {
                     t.error_code = if crate::topic_config::validate_topic_name(&name).is_err() {
                         code::INVALID_TOPIC_EXCEPTION
                     } else {
                         code::UNKNOWN_TOPIC_OR_PARTITION
                     };
                 }
-                Some(topic) => {
+                (Some(topic), _) => {
                     if version >= 10 {
                         t.topic_id = topic.id;
                     }

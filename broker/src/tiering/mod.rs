@@ -136,6 +136,12 @@ pub struct Tier {
     producers_checked: Cadence,
     /// When each partition group's bucket range was last swept for orphans.
     orphans_swept: Cadence,
+    /// Set by [`Tier::shutdown`]: the loop takes no further step.
+    stopping: std::sync::atomic::AtomicBool,
+    stop: tokio::sync::Notify,
+    /// Held by the loop for the length of each step, so that shutdown can wait for the
+    /// step under way: after it, this node writes nothing more to the bucket.
+    stepping: tokio::sync::Mutex<()>,
 }
 
 /// Per partition group, when a periodic upkeep task last ran.
@@ -172,7 +178,18 @@ impl Tier {
             pages: Default::default(),
             producers_checked: Default::default(),
             orphans_swept: Default::default(),
+            stopping: Default::default(),
+            stop: tokio::sync::Notify::new(),
+            stepping: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Stops the tiering loop and waits for the step under way to end; from then on the
+    /// loop writes nothing to the bucket (chunks, compaction, GC).
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_one();
+        let _step = self.stepping.lock().await;
     }
 
     /// Counts `bytes` just appended to a partition holding `partition_untiered` bytes as
@@ -350,15 +367,15 @@ impl Tier {
                 // Retention, compaction and GC run on the clock; a step woken early by a
                 // chunk's worth of data only ships it. While the bucket fails, retry on the
                 // clock, not on every produce.
-                let upkeep = if failed {
-                    tick.tick().await;
-                    true
-                } else {
-                    tokio::select! {
-                        _ = tick.tick() => true,
-                        _ = tier.wake.notified() => false,
-                    }
+                let upkeep = tokio::select! {
+                    _ = tick.tick() => true,
+                    _ = tier.wake.notified(), if !failed => false,
+                    _ = tier.stop.notified() => break,
                 };
+                let _step = tier.stepping.lock().await;
+                if tier.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
                 failed = tier.step_with(&registry, node_id, upkeep).await;
             }
         });

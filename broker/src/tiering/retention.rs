@@ -91,7 +91,9 @@ pub fn retention_cutoff(
     if policy.retention_ms >= 0 {
         let oldest_kept = now_ms.saturating_sub(policy.retention_ms);
         for (last, max_ts, _) in &units {
-            if *max_ts >= oldest_kept {
+            // A unit without timestamps (-1) cannot be aged: it stays, as Kafka keeps such
+            // a segment until its file's modification time is old enough.
+            if *max_ts >= oldest_kept || *max_ts < 0 {
                 break;
             }
             cutoff = cutoff.max(last + 1);
@@ -174,6 +176,14 @@ mod tests {
             retention_cutoff(&log, &policy(0, -1), 10_000, &[]),
             Some(10)
         );
+    }
+
+    #[test]
+    fn a_batch_without_timestamps_does_not_expire_by_time() {
+        let mut log = PartitionLog::default();
+        let b = crate::partition::batch::tests::batch(-1, -1, -1, 2, -1);
+        run(&mut log, 1, append_command(b.into()));
+        assert_eq!(retention_cutoff(&log, &policy(0, -1), 10_000, &[]), None);
     }
 
     #[test]
