@@ -209,32 +209,25 @@ impl Broker {
 
     pub(crate) async fn alter_configs(&self, req: AlterConfigsRequest) -> ResponseKind {
         let mut resp = AlterConfigsResponse::default();
-        let twice = repeated(
-            req.resources
-                .iter()
-                .map(|r| (r.resource_type, &r.resource_name)),
-        );
-        let mut refused = HashSet::new();
-        for res in &req.resources {
-            let key = (res.resource_type, &res.resource_name);
-            if twice.contains(&key) && !refused.insert(key) {
-                continue;
-            }
-            let changes = if twice.contains(&key) {
-                Err(named_twice("resource"))
-            } else if let Some(name) = repeated(res.configs.iter().map(|c| &c.name)).iter().next() {
-                Err(config_named_twice(name))
-            } else {
-                Ok(res
-                    .configs
+        let checks = check_repeats(req.resources.iter().map(|r| {
+            (
+                r.resource_type,
+                &r.resource_name,
+                r.configs.iter().map(|c| &c.name),
+            )
+        }));
+        for (res, check) in req.resources.iter().zip(checks) {
+            let Some(check) = check else { continue };
+            let changes = check.map(|()| {
+                res.configs
                     .iter()
                     .filter_map(|c| {
                         c.value
                             .as_ref()
                             .map(|v| (c.name.to_string(), Some(v.to_string())))
                     })
-                    .collect())
-            };
+                    .collect()
+            });
             let outcome = self
                 .alter_topic(
                     res.resource_type,
@@ -261,23 +254,16 @@ impl Broker {
         req: IncrementalAlterConfigsRequest,
     ) -> ResponseKind {
         let mut resp = IncrementalAlterConfigsResponse::default();
-        let twice = repeated(
-            req.resources
-                .iter()
-                .map(|r| (r.resource_type, &r.resource_name)),
-        );
-        let mut refused = HashSet::new();
-        for res in &req.resources {
-            let key = (res.resource_type, &res.resource_name);
-            if twice.contains(&key) && !refused.insert(key) {
-                continue;
-            }
-            let changes: Result<BTreeMap<String, Option<String>>, Failure> = if twice.contains(&key)
-            {
-                Err(named_twice("resource"))
-            } else if let Some(name) = repeated(res.configs.iter().map(|c| &c.name)).iter().next() {
-                Err(config_named_twice(name))
-            } else {
+        let checks = check_repeats(req.resources.iter().map(|r| {
+            (
+                r.resource_type,
+                &r.resource_name,
+                r.configs.iter().map(|c| &c.name),
+            )
+        }));
+        for (res, check) in req.resources.iter().zip(checks) {
+            let Some(check) = check else { continue };
+            let changes: Result<BTreeMap<String, Option<String>>, Failure> = check.and_then(|()| {
                 res.configs
                     .iter()
                     .map(|c| match c.config_operation {
@@ -298,7 +284,7 @@ impl Broker {
                         )),
                     })
                     .collect()
-            };
+            });
             let outcome = self
                 .alter_topic(
                     res.resource_type,
@@ -329,13 +315,36 @@ fn synonym(name: &str, value: String, source: i8) -> DescribeConfigsSynonym {
     s
 }
 
-/// Kafka's answer to a resource that sets or deletes one config twice.
-fn config_named_twice(name: &StrBytes) -> Failure {
-    (
-        code::INVALID_REQUEST,
-        format!(
-            "the request names config {} more than once for this resource",
-            name.as_str()
-        ),
-    )
+/// For each resource of an (Incremental)AlterConfigs request, given as (type, name, its
+/// config names), in order: `None` to leave it out (a repeat of a resource already
+/// answered), an error to answer it with (a resource named twice, or a config named twice
+/// in it), or `Ok` to go on. As Kafka, which refuses such requests with INVALID_REQUEST
+/// rather than letting the last entry win.
+fn check_repeats<'a, N>(
+    resources: impl Iterator<Item = (i8, &'a StrBytes, N)> + Clone,
+) -> Vec<Option<Result<(), Failure>>>
+where
+    N: Iterator<Item = &'a StrBytes>,
+{
+    let twice = repeated(resources.clone().map(|(t, name, _)| (t, name)));
+    let mut refused = HashSet::new();
+    resources
+        .map(|(t, name, configs)| {
+            if twice.contains(&(t, name)) {
+                return refused
+                    .insert((t, name))
+                    .then(|| Err(named_twice("resource")));
+            }
+            match repeated(configs).into_iter().next() {
+                Some(config) => Some(Err((
+                    code::INVALID_REQUEST,
+                    format!(
+                        "the request names config {} more than once for this resource",
+                        config.as_str()
+                    ),
+                ))),
+                None => Some(Ok(())),
+            }
+        })
+        .collect()
 }
