@@ -86,9 +86,6 @@ pub enum Claim {
     /// The data dir is empty and other nodes of the bucket's cluster are alive: adopt the
     /// incarnation and join them.
     Join,
-    /// The data dir remembers an incarnation the bucket no longer has (the bucket was
-    /// emptied): publish ours again.
-    Republish,
     /// The data dir is empty and this node id's own lease is fresh: watch it until it is
     /// renewed (a live node has this id: refuse) or expires (adopt).
     Watch(Lease),
@@ -113,7 +110,13 @@ pub fn decide(
             "the data directory belongs to cluster {} (incarnation {}) but the bucket is owned by cluster {} (incarnation {}); point this node at its own bucket, or wipe the data directory to restore from this bucket",
             l.cluster_id, l.incarnation, b.cluster_id, b.incarnation
         )),
-        (Some(_), None) => Claim::Republish,
+        // The data dir's chunks, segments and snapshots are in the bucket it was started
+        // with. Serving on this one would put new data where the rest of the cluster and
+        // every later restore never look: acknowledged writes would be lost.
+        (Some(l), None) => Claim::Refuse(format!(
+            "the data directory belongs to cluster {} (incarnation {}), but this bucket has no Chronik cluster in it: check --bucket, since this node's data is in the bucket it was started with. If that bucket is lost for good, so is the history it held: move the data directory aside to start a new cluster here",
+            l.cluster_id, l.incarnation
+        )),
         (None, Some(b)) => match lease.filter(|l| fresh(l)) {
             Some(l) => Claim::Watch(l.clone()),
             None if others.iter().any(fresh) => Claim::Join,
@@ -274,7 +277,7 @@ pub async fn claim_bucket(
         }
         Claim::Resume => local.clone(),
         Claim::Adopt | Claim::Join => in_bucket.clone(),
-        Claim::New | Claim::Republish => {
+        Claim::New => {
             let wanted = local
                 .clone()
                 .unwrap_or_else(|| Incarnation::new(&uuid::Uuid::new_v4().simple().to_string()));
@@ -483,10 +486,16 @@ mod tests {
             decide(Some(&inc("a")), Some(&inc("a")), None, &[], 0, TIMEOUT),
             Claim::Resume
         );
-        assert_eq!(
+    }
+
+    #[test]
+    fn a_data_dir_on_an_empty_bucket_is_refused() {
+        // A wrong --bucket: the node's data is elsewhere, and what it wrote here would be
+        // lost to the rest of the cluster.
+        assert!(matches!(
             decide(Some(&inc("a")), None, None, &[], 0, TIMEOUT),
-            Claim::Republish
-        );
+            Claim::Refuse(why) if why.contains("check --bucket")
+        ));
     }
 
     #[test]

@@ -108,6 +108,22 @@ def test_clean_stop_gives_up_the_lease(broker_factory):
     consumer.close()
 
 
+def test_restart_on_a_wrong_empty_bucket_is_refused(broker_factory, tmp_path):
+    # A node whose data lives in one bucket, restarted with --bucket naming an empty one,
+    # would ship new data where no restore ever looks: it is refused, and the empty
+    # bucket stays empty.
+    node = broker_factory(extra_args=FAST_LEASE)
+    node.create_topic("wrong-bucket")
+    assert node.stop() == 0
+    wrong = tmp_path / "wrong-bucket"
+    wrong.mkdir()
+    node.bucket_dir = wrong
+    code, out = run_to_exit(node)
+    assert code != 0
+    assert "check --bucket" in out, out[-2000:]
+    assert not any(wrong.rglob("*")), list(wrong.rglob("*"))
+
+
 def test_data_dir_of_another_cluster_is_refused(broker_factory):
     first = broker_factory(extra_args=FAST_LEASE)
     second = broker_factory(extra_args=FAST_LEASE)
