@@ -316,6 +316,36 @@ def test_fourth_node_joins_and_takes_a_replica(cluster):
     assert not dr.errors and dr.ok[0].offset() == len(recs)
 
 
+def test_a_move_to_a_node_that_is_down_waits_for_it(cluster):
+    # Kafka keeps a partition's old replicas serving until the new ones have caught up.
+    # A move onto a node that is down must not hand the partition to it.
+    if not has_reassign_command():
+        pytest.skip("`chronik partitions reassign` does not exist yet")
+    topic = "cl-wait"
+    cluster.create_topic(topic, 1, replication_factor=1)
+    produce_numbered(cluster, topic, 0, 10, parts=1)
+    n4 = cluster.new_node(4)
+    n4.peers = cluster.peers_spec([1, 2, 3, 4])
+    n4.start()
+    cluster.wait_brokers(4)
+    n4.kill9()
+    r = run_cli("partitions", "reassign", "--bootstrap", cluster.nodes[1].bootstrap,
+                "--topic", topic, "--partition", "0", "--replicas", "4")
+    assert r.returncode == 0, f"reassign exited {r.returncode}: {r.stderr}{r.stdout}"
+    time.sleep(3)
+    # Still served by its old replica: writes are acknowledged and everything reads back.
+    produce_numbered(cluster, topic, 10, 10, parts=1)
+    assert [int(k) for _, k, _ in cluster.consume_all(topic, [0])[0]] == list(range(20))
+    # Once node 4 is back, the move completes.
+    n4.start()
+
+    def moved():
+        pm = cluster.metadata([topic]).topics[topic].partitions[0]
+        return pm if pm.leader == 4 else None
+    wait_until(moved, timeout=40, interval=0.5, what="partition 0 led by node 4")
+    assert [int(k) for _, k, _ in cluster.consume_all(topic, [0])[0]] == list(range(20))
+
+
 # ---- leadership returns to the preferred replica ---------------------------------------------
 
 def test_leadership_returns_to_the_preferred_replica_after_a_restart(cluster):

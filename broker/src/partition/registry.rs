@@ -517,6 +517,11 @@ impl Registry {
     }
 }
 
+/// How long one reassignment step waits for a new replica to catch up.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
+/// A new replica this close to the leader's last log entry counts as caught up.
+const LEARNER_LAG_ENTRIES: u64 = 1000;
+
 /// One step of a reassignment, run by the partition's leader: new replicas join as
 /// learners (each restores the newest snapshot from the bucket and receives only the tail
 /// over Raft) and, once caught up, the voters are replaced in one joint-consensus change.
@@ -527,11 +532,37 @@ async fn move_replicas(
 ) -> Result<(), String> {
     for (node, addr) in want.iter().filter(|(n, _)| !voters.contains(n)) {
         tracing::info!(topic = %p.topic, partition = p.index, node, "adding replica");
-        // Blocks until the learner has caught up with the leader's log.
         p.raft
-            .add_learner(*node, BasicNode::new(addr), true)
+            .add_learner(*node, BasicNode::new(addr), false)
             .await
             .map_err(|e| format!("add node {node} as learner: {e}"))?;
+        // openraft's own wait ("blocking") gives up after half a second and reports
+        // success anyway, which let a dead node replace a healthy voter. The voters change
+        // only once the new replica has really caught up; until then the old ones serve,
+        // and the reconciler retries this step.
+        let caught_up = p
+            .raft
+            .wait(Some(LEARNER_CATCH_UP))
+            .metrics(
+                |m| {
+                    m.replication.as_ref().is_some_and(|r| {
+                        // None until the node has answered at least once.
+                        r.get(node)
+                            .and_then(|matched| matched.as_ref())
+                            .is_some_and(|l| {
+                                l.index + LEARNER_LAG_ENTRIES >= m.last_log_index.unwrap_or(0)
+                            })
+                    })
+                },
+                "new replica caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(format!(
+                "node {node} has not caught up within {}s (is it running?); the replicas stay as they are until it does",
+                LEARNER_CATCH_UP.as_secs()
+            ));
+        }
     }
     let members: std::collections::BTreeSet<NodeId> = want.iter().map(|(n, _)| *n).collect();
     p.raft
