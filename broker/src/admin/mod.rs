@@ -92,9 +92,22 @@ pub(crate) fn error_name(code: i16) -> String {
     }
 }
 
+/// `println!` for command output, except that a reader who stopped reading (`| head`)
+/// ends the command quietly instead of with a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 pub(crate) fn print(target: &Target, value: Value, table: Vec<Vec<String>>) {
     if target.json {
-        println!("{value}");
+        out!("{value}");
         return;
     }
     let widths: Vec<usize> = (0..table.first().map(|r| r.len()).unwrap_or(0))
@@ -112,7 +125,7 @@ pub(crate) fn print(target: &Target, value: Value, table: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        out!("{}", line.join("  ").trim_end());
     }
 }
 
@@ -369,7 +382,7 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             if !target.json {
-                println!(
+                out!(
                     "group {group}: state {}, {} member(s)",
                     g.group_state.as_str(),
                     g.members.len()
@@ -387,7 +400,7 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
                         Some(_) => "no partitions".into(),
                         None => "assignment not shown".into(),
                     };
-                    println!(
+                    out!(
                         "  member {} (client {}, host {}): {partitions}",
                         m.member_id.as_str(),
                         m.client_id.as_str(),
@@ -466,7 +479,7 @@ pub fn cluster(target: &Target, command: &ClusterCommand) -> anyhow::Result<()> 
                 h.push("LEADS".into());
             }
             if !target.json {
-                println!("cluster {}: {} topic(s), {partitions} partition(s), {leaderless} without a leader, {under_replicated} under-replicated", dc.cluster_id.as_str(), md.topics.len());
+                out!("cluster {}: {} topic(s), {partitions} partition(s), {leaderless} without a leader, {under_replicated} under-replicated", dc.cluster_id.as_str(), md.topics.len());
             }
             print(
                 target,
@@ -474,7 +487,7 @@ pub fn cluster(target: &Target, command: &ClusterCommand) -> anyhow::Result<()> 
                 rows,
             );
             if !target.json && !parts.is_empty() {
-                println!();
+                out!("");
                 print(target, Value::Null, partitions::table(&parts));
             }
         }
