@@ -316,6 +316,32 @@ def test_fourth_node_joins_and_takes_a_replica(cluster):
     assert not dr.errors and dr.ok[0].offset() == len(recs)
 
 
+def test_admin_commands_work_through_any_node(cluster):
+    # Offsets come from each partition's leader and group requests go to the coordinator,
+    # whichever node the command is pointed at.
+    import json
+
+    from confluent_kafka import TopicPartition
+    topic = "cl-cli"
+    cluster.create_topic(topic, PARTS, replication_factor=3)
+    produce_numbered(cluster, topic, 0, 10 * PARTS)
+    consumer = cluster.consumer({"group.id": "cl-cli-g", "enable.auto.commit": False})
+    consumer.commit(offsets=[TopicPartition(topic, p, 4) for p in range(PARTS)],
+                    asynchronous=False)
+    consumer.close()
+    for node in cluster.live():
+        r = run_cli("topics", "describe", topic, "--json", "--bootstrap", node.bootstrap)
+        assert r.returncode == 0, r.stderr
+        latest = {p["partition"]: p["latest"] for p in json.loads(r.stdout)["partitions"]}
+        assert latest == {p: 10 for p in range(PARTS)}, (node.node_id, latest)
+        r = run_cli("groups", "describe", "cl-cli-g", "--json", "--bootstrap", node.bootstrap)
+        assert r.returncode == 0, (node.node_id, r.stderr)
+        lags = {o["partition"]: o["lag"] for o in json.loads(r.stdout)["offsets"]}
+        assert lags == {p: 6 for p in range(PARTS)}, (node.node_id, lags)
+        r = run_cli("groups", "list", "--json", "--bootstrap", node.bootstrap)
+        assert "cl-cli-g" in [g["group"] for g in json.loads(r.stdout)], (node.node_id, r.stdout)
+
+
 def test_a_move_to_a_node_that_is_down_waits_for_it(cluster):
     # Kafka keeps a partition's old replicas serving until the new ones have caught up.
     # A move onto a node that is down must not hand the partition to it.

@@ -12,8 +12,8 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeClusterRequest,
-    DescribeGroupsRequest, GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    MetadataResponse, OffsetFetchRequest,
+    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest,
+    MetadataRequest, MetadataResponse, OffsetFetchRequest,
 };
 use serde_json::{json, Value};
 
@@ -149,33 +149,82 @@ pub(crate) fn metadata(
     client.call(&req, 12)
 }
 
-/// Latest (-1) or earliest (-2) offsets of partitions of one topic.
+/// Latest (-1) or earliest (-2) offsets of partitions of one topic, each asked of its
+/// leader (only a partition's leader answers ListOffsets for it).
 fn offsets(
     client: &mut AdminClient,
     topic: &str,
     partitions: &[i32],
     which: i64,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let mut t = ListOffsetsTopic::default();
-    t.name = topic_name(topic);
-    t.partitions = partitions
+    let md = metadata(client, Some(&[topic.to_string()]))?;
+    let addresses: BTreeMap<i32, String> = md
+        .brokers
         .iter()
-        .map(|p| {
-            let mut lp = ListOffsetsPartition::default();
-            lp.partition_index = *p;
-            lp.timestamp = which;
-            lp
-        })
+        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
         .collect();
-    let mut req = ListOffsetsRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.topics = vec![t];
-    let resp = client.call(&req, 5)?;
-    Ok(resp
-        .topics
-        .iter()
-        .flat_map(|t| t.partitions.iter().map(|p| (p.partition_index, p.offset)))
-        .collect())
+    let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for t in &md.topics {
+        for p in t
+            .partitions
+            .iter()
+            .filter(|p| partitions.contains(&p.partition_index))
+        {
+            by_leader
+                .entry(p.leader_id.0)
+                .or_default()
+                .push(p.partition_index);
+        }
+    }
+    let mut found = BTreeMap::new();
+    for (leader, ids) in by_leader {
+        // A partition without a reachable leader has no offsets to show (-1).
+        let Some(mut leader_client) = addresses
+            .get(&leader)
+            .and_then(|addr| AdminClient::connect(addr).ok())
+        else {
+            continue;
+        };
+        let mut t = ListOffsetsTopic::default();
+        t.name = topic_name(topic);
+        t.partitions = ids
+            .iter()
+            .map(|p| {
+                let mut lp = ListOffsetsPartition::default();
+                lp.partition_index = *p;
+                lp.timestamp = which;
+                lp
+            })
+            .collect();
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        let resp = leader_client.call(&req, 5)?;
+        found.extend(
+            resp.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .filter(|p| p.error_code == 0)
+                .map(|p| (p.partition_index, p.offset)),
+        );
+    }
+    Ok(found)
+}
+
+/// A connection to the group coordinator (the one node that serves every group's
+/// requests), found through the broker `client` talks to.
+fn coordinator(client: &mut AdminClient, group: &str) -> anyhow::Result<AdminClient> {
+    let mut req = FindCoordinatorRequest::default();
+    req.key = str_bytes(group);
+    let resp = client.call(&req, 2)?;
+    if resp.error_code != 0 {
+        bail!(
+            "find the group coordinator: {} (is the cluster's offsets group up?)",
+            error_name(resp.error_code)
+        );
+    }
+    AdminClient::connect(&format!("{}:{}", resp.host.as_str(), resp.port))
+        .context("connect to the group coordinator")
 }
 
 pub fn topics(target: &Target, command: &TopicsCommand) -> anyhow::Result<()> {
@@ -296,7 +345,12 @@ pub fn topics(target: &Target, command: &TopicsCommand) -> anyhow::Result<()> {
 const GROUP_ID_NOT_FOUND: i16 = 69;
 
 pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
-    let mut client = AdminClient::connect(&target.bootstrap)?;
+    let mut bootstrap = AdminClient::connect(&target.bootstrap)?;
+    let key = match command {
+        GroupsCommand::List => "",
+        GroupsCommand::Describe { group } => group.as_str(),
+    };
+    let mut client = coordinator(&mut bootstrap, key)?;
     match command {
         GroupsCommand::List => {
             let resp = client.call(&ListGroupsRequest::default(), 4)?;
