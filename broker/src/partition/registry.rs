@@ -453,8 +453,12 @@ impl Registry {
         }
         let meta = self.node.cluster();
         let pm = meta.topics.get(topic)?.partitions.get(index as usize)?;
+        // The announced leader, if still a replica: of the wanted ones, or of the voters it
+        // announced (during a move, the old replicas lead until the new ones catch up).
         pm.leader
-            .filter(|(l, _)| pm.replicas.contains(l) || self.get(topic, index).is_some())
+            .filter(|(l, _)| {
+                pm.replicas.contains(l) || pm.voters.contains(l) || self.get(topic, index).is_some()
+            })
             .map(|(l, e)| (l, e as i32))
     }
 
