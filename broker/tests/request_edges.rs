@@ -15,6 +15,20 @@ use common::{round_trip, s, test_config};
 
 const INVALID_REQUEST: i16 = 42;
 
+/// Sends a `$kind` request at `$version` and unwraps the `$kind` response; `wrapped`
+/// takes a body already wrapped in its `RequestKind`.
+macro_rules! ask {
+    ($broker:expr, $kind:ident, $version:expr, wrapped $body:expr) => {
+        match round_trip($broker, ApiKey::$kind, $version, &$body).await {
+            ResponseKind::$kind(r) => r,
+            other => panic!("{other:?}"),
+        }
+    };
+    ($broker:expr, $kind:ident, $version:expr, $req:expr) => {
+        ask!($broker, $kind, $version, wrapped RequestKind::$kind($req))
+    };
+}
+
 fn tn(v: &str) -> TopicName {
     TopicName(s(v))
 }
@@ -29,17 +43,7 @@ async fn create(broker: &Arc<Broker>, names: &[&str]) -> CreateTopicsResponse {
         req.topics.push(t);
     }
     req.timeout_ms = 5_000;
-    match round_trip(
-        broker,
-        ApiKey::CreateTopics,
-        7,
-        &RequestKind::CreateTopics(req),
-    )
-    .await
-    {
-        ResponseKind::CreateTopics(r) => r,
-        other => panic!("{other:?}"),
-    }
+    ask!(broker, CreateTopics, 7, req)
 }
 
 async fn metadata(broker: &Arc<Broker>, topics: Vec<(Option<&str>, Uuid)>) -> MetadataResponse {
@@ -55,10 +59,7 @@ async fn metadata(broker: &Arc<Broker>, topics: Vec<(Option<&str>, Uuid)>) -> Me
             })
             .collect(),
     );
-    match round_trip(broker, ApiKey::Metadata, 12, &RequestKind::Metadata(req)).await {
-        ResponseKind::Metadata(r) => r,
-        other => panic!("{other:?}"),
-    }
+    ask!(broker, Metadata, 12, req)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,16 +120,7 @@ async fn edge_requests_get_kafkas_answers() {
         req.topics.push(t);
     }
     req.timeout_ms = 5_000;
-    let ResponseKind::CreatePartitions(r) = round_trip(
-        &broker,
-        ApiKey::CreatePartitions,
-        3,
-        &RequestKind::CreatePartitions(req),
-    )
-    .await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, CreatePartitions, 3, req);
     assert_eq!(r.results.len(), 1, "{r:?}");
     assert_eq!(r.results[0].error_code, INVALID_REQUEST);
     let parts = metadata(&broker, vec![(Some("a"), Uuid::nil())])
@@ -160,21 +152,13 @@ async fn edge_requests_get_kafkas_answers() {
         ("retention.ms", 0, Some("1000")),
         ("retention.ms", 1, None),
     ]]);
-    let ResponseKind::IncrementalAlterConfigs(r) =
-        round_trip(&broker, ApiKey::IncrementalAlterConfigs, 1, &body).await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, IncrementalAlterConfigs, 1, wrapped body);
     assert_eq!(r.responses[0].error_code, INVALID_REQUEST, "{r:?}");
     let body = alter(vec![
         vec![("retention.ms", 0, Some("1000"))],
         vec![("retention.ms", 0, Some("2000"))],
     ]);
-    let ResponseKind::IncrementalAlterConfigs(r) =
-        round_trip(&broker, ApiKey::IncrementalAlterConfigs, 1, &body).await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, IncrementalAlterConfigs, 1, wrapped body);
     assert_eq!(r.responses.len(), 1, "{r:?}");
     assert_eq!(r.responses[0].error_code, INVALID_REQUEST);
 
@@ -187,16 +171,7 @@ async fn edge_requests_get_kafkas_answers() {
     req.resources.push(res);
     req.include_synonyms = true;
     req.include_documentation = true;
-    let ResponseKind::DescribeConfigs(r) = round_trip(
-        &broker,
-        ApiKey::DescribeConfigs,
-        4,
-        &RequestKind::DescribeConfigs(req),
-    )
-    .await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, DescribeConfigs, 4, req);
     let c = &r.results[0].configs[0];
     assert_eq!(c.value.as_ref().map(StrBytes::as_str), Some("604800000"));
     assert_eq!((c.config_source, c.config_type), (5, 5), "{c:?}");
@@ -214,16 +189,7 @@ async fn edge_requests_get_kafkas_answers() {
         t.partitions.push(p);
     }
     req.topics.push(t);
-    let ResponseKind::ListOffsets(r) = round_trip(
-        &broker,
-        ApiKey::ListOffsets,
-        7,
-        &RequestKind::ListOffsets(req),
-    )
-    .await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, ListOffsets, 7, req);
     let codes: Vec<i16> = r.topics[0]
         .partitions
         .iter()
@@ -235,16 +201,7 @@ async fn edge_requests_get_kafkas_answers() {
     let mut req = DeleteTopicsRequest::default();
     req.topic_names = vec![tn("a"), tn("a")];
     req.timeout_ms = 5_000;
-    let ResponseKind::DeleteTopics(r) = round_trip(
-        &broker,
-        ApiKey::DeleteTopics,
-        5,
-        &RequestKind::DeleteTopics(req),
-    )
-    .await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, DeleteTopics, 5, req);
     assert_eq!(r.responses.len(), 1, "{r:?}");
     assert_eq!(r.responses[0].error_code, INVALID_REQUEST);
     assert_eq!(
@@ -260,11 +217,7 @@ async fn edge_requests_get_kafkas_answers() {
     req.session_id = 7;
     req.session_epoch = 1;
     req.max_wait_ms = 0;
-    let ResponseKind::Fetch(r) =
-        round_trip(&broker, ApiKey::Fetch, 12, &RequestKind::Fetch(req)).await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, Fetch, 12, req);
     assert_eq!(r.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND: {r:?}");
 
     // FindCoordinator for a transactional id: a fatal error at once, not a retriable one.
@@ -276,16 +229,7 @@ async fn edge_requests_get_kafkas_answers() {
         } else {
             req.key = s("tx");
         }
-        let ResponseKind::FindCoordinator(r) = round_trip(
-            &broker,
-            ApiKey::FindCoordinator,
-            version,
-            &RequestKind::FindCoordinator(req),
-        )
-        .await
-        else {
-            panic!()
-        };
+        let r = ask!(&broker, FindCoordinator, version, req);
         let (code, message) = if version >= 4 {
             (
                 r.coordinators[0].error_code,
@@ -301,30 +245,12 @@ async fn edge_requests_get_kafkas_answers() {
     // DescribeCluster: controller endpoints are refused; authorized operations when asked.
     let mut req = DescribeClusterRequest::default();
     req.endpoint_type = 2;
-    let ResponseKind::DescribeCluster(r) = round_trip(
-        &broker,
-        ApiKey::DescribeCluster,
-        1,
-        &RequestKind::DescribeCluster(req),
-    )
-    .await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, DescribeCluster, 1, req);
     assert_eq!(r.error_code, 114, "MISMATCHED_ENDPOINT_TYPE: {r:?}");
     let mut req = DescribeClusterRequest::default();
     req.endpoint_type = 1;
     req.include_cluster_authorized_operations = true;
-    let ResponseKind::DescribeCluster(r) = round_trip(
-        &broker,
-        ApiKey::DescribeCluster,
-        1,
-        &RequestKind::DescribeCluster(req),
-    )
-    .await
-    else {
-        panic!()
-    };
+    let r = ask!(&broker, DescribeCluster, 1, req);
     assert_eq!(r.error_code, 0);
     // DESCRIBE (8) and ALTER (7) among others, never UNKNOWN (0) or ANY (1).
     assert_eq!(r.cluster_authorized_operations & 0b11, 0);
