@@ -58,10 +58,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     kafka_task.abort();
     http_task.abort();
-    let tier = broker.tier.clone();
+    // Tiering first: its step under way may still need the Raft groups to commit. With
+    // the bucket down that step sits in retries, so it gets 5 s of its own.
+    let tiering_stopped = tokio::time::timeout(Duration::from_secs(5), broker.tier.shutdown())
+        .await
+        .is_ok();
+    if !tiering_stopped {
+        tracing::warn!("the tiering step under way did not end within 5s; stopping without it");
+    }
     let stop = async {
-        // Tiering first: its step under way may still need the Raft groups to commit.
-        tier.shutdown().await;
         partitions.shutdown().await;
         groups.shutdown().await;
         node.shutdown().await;
@@ -70,8 +75,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .is_err()
     {
-        // Still writing, perhaps: the lease stays and expires on its own.
         tracing::warn!("raft groups did not stop within 10s; exiting anyway");
+        return Ok(());
+    }
+    if !tiering_stopped {
+        // Perhaps still writing to the bucket: the lease stays and expires on its own.
         return Ok(());
     }
     // Stopped cleanly: give the lease up, so that a node restoring from the bucket (say,
