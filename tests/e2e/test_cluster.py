@@ -316,6 +316,18 @@ def test_fourth_node_joins_and_takes_a_replica(cluster):
     assert not dr.errors and dr.ok[0].offset() == len(recs)
 
 
+def test_a_node_joins_knowing_only_one_follower(cluster):
+    # The README: a new node's --peers needs itself and at least one running node. With
+    # a follower of the metadata group as that one, the new node must still reach the
+    # leader (its address comes from the group's membership) and register.
+    controller = cluster.metadata().controller
+    follower = next(i for i in cluster.nodes if i != controller)
+    n4 = cluster.new_node(4)
+    n4.peers = cluster.peers_spec([follower, 4])
+    n4.start()
+    cluster.wait_brokers(4)
+
+
 def test_admin_commands_work_through_any_node(cluster):
     # Offsets come from each partition's leader and group requests go to the coordinator,
     # whichever node the command is pointed at.

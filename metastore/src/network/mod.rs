@@ -259,10 +259,19 @@ impl Transport {
                 }
                 continue;
             };
+            // A node that joined with a partial --peers list knows the leader's address
+            // only from the group's membership.
+            let hint = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&target)
+                .map(|n| n.addr.clone());
             match self
                 .call(
                     target,
-                    None,
+                    hint.as_deref(),
                     group,
                     RpcRequest::Propose(command.clone()),
                     self.timeout,
