@@ -20,6 +20,7 @@
 //! batches from the WAL today).
 
 pub mod fencing;
+pub mod liveness;
 pub mod lock;
 pub mod snapshots;
 

@@ -90,6 +90,14 @@ pub struct Config {
     pub raft_heartbeat_interval_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
+    /// A broker the metadata leader has not heard from for this long is fenced: clients
+    /// are told its partitions have no leader, and it leaves their in-sync sets (Kafka's
+    /// `broker.session.timeout.ms`).
+    pub broker_session_timeout_ms: u64,
+    /// A follower that has not caught up with its leader's commit of this long ago, or
+    /// not been heard from for this long, leaves the partition's in-sync set (Kafka's
+    /// `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
     /// Log filter, e.g. `info` or `chronik=debug`; `RUST_LOG` wins when set.
     pub log: String,
     /// Bounds on a consumer's session timeout (`group.min/max.session.timeout.ms`).
@@ -139,6 +147,8 @@ impl Default for Config {
             raft_heartbeat_interval_ms: 100,
             raft_election_timeout_min_ms: 300,
             raft_election_timeout_max_ms: 600,
+            broker_session_timeout_ms: 9_000,
+            replica_lag_time_max_ms: 30_000,
             log: "info,openraft=warn".into(),
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
@@ -185,6 +195,20 @@ impl Config {
         {
             bail!(
                 "raft timings must satisfy heartbeat < election-timeout-min < election-timeout-max"
+            );
+        }
+        if self.broker_session_timeout_ms <= self.raft_heartbeat_interval_ms {
+            bail!(
+                "broker-session-timeout-ms ({}) must be longer than raft-heartbeat-interval-ms ({}): brokers are heard through the Raft heartbeats",
+                self.broker_session_timeout_ms,
+                self.raft_heartbeat_interval_ms
+            );
+        }
+        if self.replica_lag_time_max_ms <= self.raft_heartbeat_interval_ms {
+            bail!(
+                "replica-lag-time-max-ms ({}) must be longer than raft-heartbeat-interval-ms ({})",
+                self.replica_lag_time_max_ms,
+                self.raft_heartbeat_interval_ms
             );
         }
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {

@@ -198,6 +198,14 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     raft_election_timeout_max_ms: Option<u64>,
+    /// Milliseconds without a word from a broker before it is fenced [default: 9000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker_session_timeout_ms: Option<u64>,
+    /// Milliseconds a follower may lag before it leaves the in-sync set [default: 30000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica_lag_time_max_ms: Option<u64>,
     /// Shortest consumer session timeout accepted, ms [default: 6000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

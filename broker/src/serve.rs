@@ -192,7 +192,9 @@ pub async fn open_with(
     }
 
     let tier = Tier::new(bucket.clone(), config.tier_config());
-    let partitions = Registry::new(node.clone(), tier.clone());
+    node.spawn_liveness(Duration::from_millis(config.broker_session_timeout_ms));
+    let replica_lag = Duration::from_millis(config.replica_lag_time_max_ms);
+    let partitions = Registry::new(node.clone(), tier.clone(), replica_lag);
     partitions
         .reconcile(&node.cluster())
         .await

@@ -32,7 +32,8 @@ def test_topics_lifecycle_and_cluster_status(broker):
     assert table.splitlines()[0].split() == ["PARTITION", "LEADER", "EPOCH", "EARLIEST", "LATEST"]
 
     status = json.loads(cli(broker, "cluster", "status", "--json").stdout)
-    assert status["brokers"] == [{"id": 1, "host": "127.0.0.1", "port": broker.kafka_port}]
+    assert status["brokers"] == [{"id": 1, "host": "127.0.0.1", "port": broker.kafka_port,
+                                  "fenced": False}]
     assert status["partitions"] == 3 and status["leaderless_partitions"] == 0
 
     cli(broker, "topics", "delete", "cli-t")

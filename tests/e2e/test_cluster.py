@@ -11,6 +11,7 @@ Each test starts its own cluster and kills every process at the end, even on fai
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from helpers import (DeliveryTracker, assert_acked_stored_once, assert_no_failed
 
 HERE = Path(__file__).resolve().parent
 ERR_NOT_LEADER_OR_FOLLOWER = 6
+ERR_LEADER_NOT_AVAILABLE = 5
 PARTS = 6
 
 
@@ -331,7 +333,6 @@ def test_a_node_joins_knowing_only_one_follower(cluster):
 def test_admin_commands_work_through_any_node(cluster):
     # Offsets come from each partition's leader and group requests go to the coordinator,
     # whichever node the command is pointed at.
-    import json
 
     from confluent_kafka import TopicPartition
     topic = "cl-cli"
@@ -382,6 +383,63 @@ def test_a_move_to_a_node_that_is_down_waits_for_it(cluster):
         return pm if pm.leader == 4 else None
     wait_until(moved, timeout=40, interval=0.5, what="partition 0 led by node 4")
     assert [int(k) for _, k, _ in cluster.consume_all(topic, [0])[0]] == list(range(20))
+
+
+# ---- a dead broker is fenced; in-sync sets agree on every node ------------------------------
+
+def test_a_dead_broker_is_fenced_and_leaves_every_in_sync_set(cluster_factory):
+    # Kafka's controller fences a broker whose session lapses (broker.session.timeout.ms):
+    # its partitions report no leader until another replica leads, it is dropped from
+    # Metadata's broker list, and leaders shrink their ISR after replica.lag.time.max.ms.
+    # Every node must answer the same, not only the partitions' leaders.
+    cluster = cluster_factory(env={"CHRONIK_BROKER_SESSION_TIMEOUT_MS": "2000",
+                                   "CHRONIK_REPLICA_LAG_TIME_MAX_MS": "2000"})
+    cluster.create_topic("cl-isr", PARTS, replication_factor=3)
+    single = cluster.create_topic("cl-single", 3, replication_factor=1)
+    produce_numbered(cluster, "cl-isr", 0, 600)
+
+    def views(topic):
+        return {n.node_id: cluster.metadata([topic], via=n).topics[topic].partitions
+                for n in cluster.live()}
+
+    def all_in_sync(ids):
+        return all(sorted(pm.isr) == ids for v in views("cl-isr").values() for pm in v.values())
+    wait_until(lambda: all_in_sync([1, 2, 3]), timeout=20, interval=0.5,
+               what="every node reports ISR [1, 2, 3] for every partition")
+
+    victim = cluster.nodes[3]
+    orphan = next(p for p, leader in single.items() if leader == 3)
+    victim.kill9()
+
+    def fenced_everywhere():
+        for n in cluster.live():
+            md = cluster.metadata(["cl-single", "cl-isr"], via=n)
+            if sorted(md.brokers) != [1, 2]:
+                return None
+            pm = md.topics["cl-single"].partitions[orphan]
+            if pm.leader != -1 or pm.error != ERR_LEADER_NOT_AVAILABLE:
+                return None
+            isr = md.topics["cl-isr"].partitions
+            if any(sorted(pm.isr) != [1, 2] or pm.leader not in (1, 2) for pm in isr.values()):
+                return None
+        return True
+    wait_until(fenced_everywhere, timeout=30, interval=0.5,
+               what="node 3 fenced: out of the broker list and every ISR, its only "
+                    "partition leaderless, on every live node",
+               detail=lambda: views("cl-isr"))
+    status = run_cli("cluster", "status", "--bootstrap", cluster.nodes[1].bootstrap, "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert {b["id"]: b["fenced"] for b in report["brokers"]} == {1: False, 2: False, 3: True}
+    # Every cl-isr partition lacks a replica, and the orphan has no ISR at all.
+    assert report["under_replicated_partitions"] == PARTS + 1, report
+    assert report["leaderless_partitions"] == 1, report
+
+    victim.start()
+    wait_until(lambda: all_in_sync([1, 2, 3]), timeout=30, interval=0.5,
+               what="node 3 back in every ISR")
+    cluster.wait_brokers(3)
+    assert cluster.wait_leaders("cl-single", 3)[orphan] == 3
 
 
 # ---- leadership returns to the preferred replica ---------------------------------------------

@@ -497,7 +497,11 @@ pub fn cluster(target: &Target, command: &ClusterCommand) -> anyhow::Result<()> 
     let mut client = AdminClient::connect(&target.bootstrap)?;
     match command {
         ClusterCommand::Status => {
-            let dc = client.call(&DescribeClusterRequest::default(), 0)?;
+            // v2 lists fenced brokers too (a broker the controller has not heard from).
+            let dc = client.call(
+                &DescribeClusterRequest::default().with_include_fenced_brokers(true),
+                2,
+            )?;
             let md = metadata(&mut client, None)?;
             let partitions: usize = md.topics.iter().map(|t| t.partitions.len()).sum();
             let leaderless: usize = md
@@ -509,11 +513,13 @@ pub fn cluster(target: &Target, command: &ClusterCommand) -> anyhow::Result<()> 
             let brokers: Vec<Value> = dc
                 .brokers
                 .iter()
-                .map(|b| json!({"id": b.broker_id.0, "host": b.host.to_string(), "port": b.port}))
+                .map(|b| json!({"id": b.broker_id.0, "host": b.host.to_string(), "port": b.port, "fenced": b.is_fenced}))
                 .collect();
             let mut rows = vec![vec!["BROKER".into(), "ADDRESS".into(), "ROLE".into()]];
             for b in &dc.brokers {
-                let role = if b.broker_id == dc.controller_id {
+                let role = if b.is_fenced {
+                    "fenced (not heard from)"
+                } else if b.broker_id == dc.controller_id {
                     "controller"
                 } else {
                     ""

@@ -85,9 +85,11 @@ impl Broker {
             resp.cluster_authorized_operations = operations::CLUSTER;
         }
         resp.controller_id = self.controller_id();
+        // Clients are told of live brokers only, as Kafka does.
         resp.brokers = meta
             .brokers
             .values()
+            .filter(|b| !meta.fenced.contains(&b.node_id))
             .map(|b| {
                 let mut mb = MetadataResponseBroker::default();
                 mb.node_id = BrokerId(b.node_id as i32);
@@ -130,13 +132,18 @@ impl Broker {
                         let mut mp = MetadataResponsePartition::default();
                         mp.partition_index = i as i32;
                         mp.replica_nodes = p.replicas.iter().map(|r| BrokerId(*r as i32)).collect();
+                        mp.isr_nodes = self
+                            .partitions
+                            .in_sync(&name, i as i32)
+                            .into_iter()
+                            .map(|r| BrokerId(r as i32))
+                            .collect();
                         match self.partitions.leader_of(&name, i as i32) {
                             Some((leader, epoch)) => {
                                 mp.leader_id = BrokerId(leader as i32);
                                 if version >= 7 {
                                     mp.leader_epoch = epoch;
                                 }
-                                mp.isr_nodes = self.in_sync(&name, i as i32, &p.replicas);
                             }
                             None => {
                                 mp.error_code = code::LEADER_NOT_AVAILABLE;
@@ -164,31 +171,6 @@ impl Broker {
         BrokerId(self.node.metadata_leader().map(|l| l as i32).unwrap_or(-1))
     }
 
-    /// The replicas of a partition that are in sync, as far as this node can tell: on the
-    /// leader, the voters whose log matches the leader's commit; elsewhere, every replica.
-    pub(crate) fn in_sync(&self, topic: &str, index: i32, replicas: &[u64]) -> Vec<BrokerId> {
-        let all = || replicas.iter().map(|r| BrokerId(*r as i32)).collect();
-        let Some(p) = self.partitions.get(topic, index) else {
-            return all();
-        };
-        let metrics = p.raft.metrics();
-        let m = metrics.borrow();
-        let Some(progress) = m.replication.as_ref() else {
-            return all();
-        };
-        let committed = m.last_applied.map(|l| l.index);
-        replicas
-            .iter()
-            .filter(|r| {
-                **r == m.id
-                    || progress
-                        .get(r)
-                        .is_some_and(|l| l.map(|l| l.index) >= committed)
-            })
-            .map(|r| BrokerId(*r as i32))
-            .collect()
-    }
-
     pub(crate) fn describe_cluster(&self, req: DescribeClusterRequest) -> ResponseKind {
         let meta = self.node.cluster();
         let mut resp = DescribeClusterResponse::default();
@@ -209,14 +191,17 @@ impl Broker {
         } else {
             i32::MIN
         };
+        // Fenced brokers only when asked for (v2, KIP-1073).
         resp.brokers = meta
             .brokers
             .values()
+            .filter(|b| req.include_fenced_brokers || !meta.fenced.contains(&b.node_id))
             .map(|b| {
                 let mut d = DescribeClusterBroker::default();
                 d.broker_id = BrokerId(b.node_id as i32);
                 d.host = str_bytes(b.host.clone());
                 d.port = b.port as i32;
+                d.is_fenced = meta.fenced.contains(&b.node_id);
                 d
             })
             .collect();

@@ -2,6 +2,7 @@
 //! partition groups this node runs.
 
 pub mod batch;
+mod isr;
 pub mod log;
 pub mod page;
 pub mod producers;

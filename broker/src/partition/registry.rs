@@ -24,6 +24,7 @@ use chronik_metastore::state_machine::StateMachine;
 use chronik_metastore::types::{GroupId, NodeId, Raft, FIRST_PARTITION_GROUP};
 
 use super::batch::write_with_offset;
+use super::isr::{InSync, LeaderView};
 use super::log::{BatchLocation, ChunkRef, OpenPages, PageRef, PartitionLog, ReadPlan};
 use crate::tiering::Tier;
 
@@ -42,6 +43,8 @@ pub struct Partition {
     announcing: std::sync::atomic::AtomicBool,
     /// Since when the preferred leader has been a caught-up follower of this leader.
     preferred_ready_since: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// The in-sync replicas, counted by the leader at each upkeep tick.
+    in_sync: parking_lot::Mutex<InSync>,
     /// Whether this partition's chunks are worth compressing.
     pub compression: crate::tiering::CompressionHint,
 }
@@ -242,14 +245,17 @@ fn concat<'a>(parts: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
 pub struct Registry {
     node: Node,
     tier: Arc<Tier>,
+    /// Kafka's `replica.lag.time.max.ms` (see [`InSync`]).
+    replica_lag: Duration,
     partitions: RwLock<HashMap<(String, i32), Arc<Partition>>>,
 }
 
 impl Registry {
-    pub fn new(node: Node, tier: Arc<Tier>) -> Arc<Registry> {
+    pub fn new(node: Node, tier: Arc<Tier>, replica_lag: Duration) -> Arc<Registry> {
         Arc::new(Registry {
             node,
             tier,
+            replica_lag,
             partitions: RwLock::new(HashMap::new()),
         })
     }
@@ -344,6 +350,7 @@ impl Registry {
                 tier: self.tier.clone(),
                 moving: Default::default(),
                 preferred_ready_since: Default::default(),
+                in_sync: Default::default(),
                 announcing: Default::default(),
                 compression: Default::default(),
             });
@@ -376,7 +383,8 @@ impl Registry {
             };
             let term = p.raft.metrics().borrow().current_term;
             let (voters, _) = p.membership();
-            let stale = pm.leader != Some((node_id, term)) || pm.voters != voters;
+            let isr = self.count_in_sync(&p, pm, meta);
+            let stale = pm.leader != Some((node_id, term)) || pm.voters != voters || pm.isr != isr;
             // One announcement in flight per partition: while the metadata group is
             // unavailable, ticks must not pile up proposals.
             if stale && !p.announcing.swap(true, std::sync::atomic::Ordering::AcqRel) {
@@ -386,6 +394,7 @@ impl Registry {
                     leader: node_id,
                     epoch: term,
                     voters: voters.clone(),
+                    isr,
                 };
                 tokio::spawn(async move {
                     if let Err(err) = node.propose_metadata(&cmd).await {
@@ -422,6 +431,77 @@ impl Registry {
         }
     }
 
+    /// The leader's count of a partition's in-sync replicas now (fenced brokers excluded).
+    fn count_in_sync(
+        &self,
+        p: &Partition,
+        pm: &PartitionMeta,
+        meta: &ClusterMetadata,
+    ) -> Vec<NodeId> {
+        let (voters, term, commit, matched) = {
+            let m = p.raft.metrics();
+            let m = m.borrow();
+            let matched: HashMap<NodeId, Option<u64>> = m
+                .replication
+                .iter()
+                .flatten()
+                .map(|(n, l)| (*n, l.map(|l| l.index)))
+                .collect();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (
+                voters,
+                m.current_term,
+                m.last_applied.map(|l| l.index),
+                matched,
+            )
+        };
+        let view = LeaderView {
+            me: self.node.node_id,
+            term,
+            commit,
+            voters: &voters,
+            announced: &pm.isr,
+        };
+        let transport = &self.node.transport;
+        let mut isr = p.in_sync.lock().update(
+            std::time::Instant::now(),
+            self.replica_lag,
+            &view,
+            |f| matched.get(&f).copied().flatten(),
+            |f| transport.heard_since(f),
+        );
+        isr.retain(|n| !meta.fenced.contains(n) || *n == self.node.node_id);
+        isr
+    }
+
+    /// The in-sync replicas of a partition as this node reports them: its own count when
+    /// it leads, else what the leader last announced (all replicas before any announced),
+    /// less the fenced brokers.
+    pub fn in_sync(&self, topic: &str, index: i32) -> Vec<NodeId> {
+        let meta = self.node.cluster();
+        let Some(pm) = meta
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(index as usize))
+        else {
+            return Vec::new();
+        };
+        let counted = self
+            .get(topic, index)
+            .filter(|p| p.is_leader(self.node.node_id))
+            .map(|p| p.in_sync.lock().current().to_vec())
+            .filter(|isr| !isr.is_empty());
+        let mut isr = counted.unwrap_or_else(|| {
+            if pm.isr.is_empty() {
+                pm.replicas.clone()
+            } else {
+                pm.isr.clone()
+            }
+        });
+        isr.retain(|n| !meta.fenced.contains(n));
+        isr
+    }
+
     /// Follows metadata changes (and leadership, every second) for the life of the node.
     pub fn spawn_reconciler(self: &Arc<Self>) {
         let registry = self.clone();
@@ -445,17 +525,21 @@ impl Registry {
     /// The leader of a partition and its epoch: from the local replica's Raft group when
     /// this node replicates it, else as the leader last announced it in the metadata.
     pub fn leader_of(&self, topic: &str, index: i32) -> Option<(NodeId, i32)> {
+        let meta = self.node.cluster();
+        // A fenced broker leads nothing, as far as clients are told, until a live replica
+        // takes over (or it is heard from again).
+        let live = |l: &NodeId| *l == self.node.node_id || !meta.fenced.contains(l);
         if let Some(p) = self.get(topic, index) {
             let (voters, _) = p.membership();
             if voters.contains(&self.node.node_id) {
-                return p.leader().map(|l| (l, p.leader_epoch()));
+                return p.leader().filter(live).map(|l| (l, p.leader_epoch()));
             }
         }
-        let meta = self.node.cluster();
         let pm = meta.topics.get(topic)?.partitions.get(index as usize)?;
         // The announced leader, if still a replica: of the wanted ones, or of the voters it
         // announced (during a move, the old replicas lead until the new ones catch up).
         pm.leader
+            .filter(|(l, _)| live(l))
             .filter(|(l, _)| {
                 pm.replicas.contains(l) || pm.voters.contains(l) || self.get(topic, index).is_some()
             })

@@ -24,7 +24,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, (i16, i16))] = &[
     (ApiKey::CreatePartitions, (0, 3)),
     (ApiKey::DeleteRecords, (0, 2)),
     (ApiKey::IncrementalAlterConfigs, (0, 1)),
-    (ApiKey::DescribeCluster, (0, 1)),
+    (ApiKey::DescribeCluster, (0, 2)),
     (ApiKey::AlterPartitionReassignments, (0, 1)),
     (ApiKey::ListPartitionReassignments, (0, 0)),
     // Consumer groups (classic protocol). OffsetCommit/OffsetFetch stop before v10, which

@@ -51,6 +51,14 @@ pub enum MetadataCommand {
         /// The group's Raft voters as the leader sees them.
         #[serde(default)]
         voters: Vec<NodeId>,
+        /// The replicas the leader counts in sync.
+        #[serde(default)]
+        isr: Vec<NodeId>,
+    },
+    /// The brokers the metadata leader has not heard from for a session timeout (all of
+    /// them: the set replaces the one before).
+    FenceBrokers {
+        fenced: Vec<NodeId>,
     },
     /// Moves a partition to `replicas`; its leader changes the Raft membership to match.
     ReassignPartition {

@@ -1,6 +1,6 @@
 //! The replicated cluster metadata and its deterministic apply function.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -34,6 +34,9 @@ pub struct PartitionMeta {
     /// differ from `replicas`.
     #[serde(default)]
     pub voters: Vec<NodeId>,
+    /// The replicas that leader last counted in sync (empty: not announced yet).
+    #[serde(default)]
+    pub isr: Vec<NodeId>,
 }
 
 impl PartitionMeta {
@@ -71,6 +74,10 @@ pub struct ClusterMetadata {
     pub topics: BTreeMap<String, TopicMeta>,
     pub next_group: GroupId,
     pub next_producer_id: i64,
+    /// Brokers the metadata leader has not heard from for a session timeout: they lead
+    /// nothing and are in no partition's in-sync set until heard from again.
+    #[serde(default)]
+    pub fenced: BTreeSet<NodeId>,
 }
 
 impl Default for ClusterMetadata {
@@ -81,6 +88,7 @@ impl Default for ClusterMetadata {
             topics: BTreeMap::new(),
             next_group: FIRST_PARTITION_GROUP,
             next_producer_id: 1000,
+            fenced: BTreeSet::new(),
         }
     }
 }
@@ -102,6 +110,7 @@ impl ClusterMetadata {
                     replicas,
                     leader: None,
                     voters: Vec::new(),
+                    isr: Vec::new(),
                 }
             })
             .collect()
@@ -176,6 +185,7 @@ impl ClusterMetadata {
                 leader,
                 epoch,
                 voters,
+                isr,
             } => {
                 let partition = self
                     .topics
@@ -186,6 +196,7 @@ impl ClusterMetadata {
                     if p.leader.is_none_or(|(_, e)| e <= epoch) {
                         p.leader = Some((leader, epoch));
                         p.voters = voters;
+                        p.isr = isr;
                     }
                 }
             }
@@ -223,6 +234,12 @@ impl ClusterMetadata {
                     p.initial = p.replicas.clone();
                 }
                 p.replicas = replicas;
+            }
+            MetadataCommand::FenceBrokers { fenced } => {
+                self.fenced = fenced
+                    .into_iter()
+                    .filter(|n| self.brokers.contains_key(n))
+                    .collect();
             }
             MetadataCommand::AllocateProducerIds { count } => {
                 let first = self.next_producer_id;

@@ -17,7 +17,7 @@ pub mod wire;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use http::uri::PathAndQuery;
@@ -75,6 +75,8 @@ pub struct Transport {
     join: OnceLock<JoinHandler>,
     sent: AtomicU64,
     received: AtomicU64,
+    /// When each peer last answered a call or sent one of its own (of this cluster).
+    heard: RwLock<HashMap<NodeId, Instant>>,
     timeout: Duration,
 }
 
@@ -94,6 +96,7 @@ impl Transport {
             join: OnceLock::new(),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            heard: RwLock::new(HashMap::new()),
             timeout: Duration::from_secs(5),
         })
     }
@@ -143,6 +146,16 @@ impl Transport {
             self.sent.load(Ordering::Relaxed),
             self.received.load(Ordering::Relaxed),
         )
+    }
+
+    /// How long ago `node` was last heard from: an answer to a call, or a call of its own.
+    /// None if never since this node started.
+    pub fn heard_since(&self, node: NodeId) -> Option<Duration> {
+        self.heard.read().get(&node).map(Instant::elapsed)
+    }
+
+    fn heard_from(&self, node: NodeId) {
+        self.heard.write().insert(node, Instant::now());
     }
 
     pub fn network(self: &Arc<Self>, group: GroupId) -> PeerNetwork {
@@ -220,6 +233,9 @@ impl Transport {
                 node: target,
                 message,
             })?;
+        if !matches!(reply, RpcReply::Misconfigured(_)) {
+            self.heard_from(target);
+        }
         match reply {
             RpcReply::Refused(message) => Err(CallError::Refused {
                 node: target,
@@ -345,6 +361,7 @@ impl Transport {
                 self.node_id, envelope.to, envelope.from, envelope.to
             ));
         }
+        self.heard_from(envelope.from);
         if let RpcRequest::Join { node, raft_addr } = envelope.request {
             let Some(join) = self.join.get().cloned() else {
                 return RpcReply::Joined(Err(format!("node {} is still starting", self.node_id)));
