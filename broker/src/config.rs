@@ -87,6 +87,11 @@ pub struct Config {
     /// forgotten there (Kafka's `producer.id.expiration.ms`), so producer state does not
     /// grow with every producer that ever wrote.
     pub producer_id_expiration_ms: u64,
+    /// A topic with `archive.parquet.enable=true` gets a Parquet file once this many bytes
+    /// of its records wait for the archive ...
+    pub archive_file_bytes: u64,
+    /// ... or once records have waited this long.
+    pub archive_interval_ms: u64,
     pub raft_heartbeat_interval_ms: u64,
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
@@ -144,6 +149,8 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             manifest_page_entries: 512,
             producer_id_expiration_ms: 86_400_000,
+            archive_file_bytes: 32 << 20,
+            archive_interval_ms: 300_000,
             raft_heartbeat_interval_ms: 100,
             raft_election_timeout_min_ms: 300,
             raft_election_timeout_max_ms: 600,
@@ -274,6 +281,8 @@ impl Config {
             gc_grace_ms: self.gc_grace_ms,
             page_entries: self.manifest_page_entries.max(1) as usize,
             producer_id_expiration_ms: self.producer_id_expiration_ms.max(1),
+            archive_file_bytes: self.archive_file_bytes.clamp(1, 1 << 30) as usize,
+            archive_interval: Duration::from_millis(self.archive_interval_ms.max(10)),
             compaction: crate::tiering::compaction::CompactionPolicy {
                 min_chunks: self.compaction_min_chunks.max(2) as usize,
                 segment_bytes: self.segment_bytes,

@@ -154,6 +154,14 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     producer_id_expiration_ms: Option<u64>,
+    /// Bytes of a Parquet-archived topic's partition that wait before a file is written [default: 33554432].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive_file_bytes: Option<u64>,
+    /// Milliseconds records wait at most before they are archived [default: 300000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive_interval_ms: Option<u64>,
     /// Milliseconds a consumer group without members keeps its committed offsets [default: 604800000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

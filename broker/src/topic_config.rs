@@ -21,12 +21,22 @@ struct Key {
     doc: &'static str,
 }
 
+const BOOLEAN: i8 = 1;
 const STRING: i8 = 2;
 const INT: i8 = 3;
 const LONG: i8 = 5;
 const LIST: i8 = 7;
 
+pub const ARCHIVE_PARQUET: &str = "archive.parquet.enable";
+
 const KEYS: &[Key] = &[
+    Key {
+        name: ARCHIVE_PARQUET,
+        default: "false",
+        kind: Kind::OneOf(&["true", "false"]),
+        wire_type: BOOLEAN,
+        doc: "Chronik: also write the topic's records as Parquet files in the bucket, under archive/topic=NAME/partition=N/, for DuckDB, Spark, pandas and DataFusion.",
+    },
     Key {
         name: "cleanup.policy",
         default: "delete",
@@ -91,6 +101,11 @@ const KEYS: &[Key] = &[
         doc: "Stored for compatibility: data is shipped to the bucket at least every tiering_interval_ms (a broker setting).",
     },
 ];
+
+/// Whether the topic asks for the Parquet archive.
+pub fn archive_enabled(overrides: &BTreeMap<String, String>) -> bool {
+    overrides.get(ARCHIVE_PARQUET).is_some_and(|v| v == "true")
+}
 
 /// Checks one key/value; the error is the message returned to the client.
 pub fn validate(name: &str, value: &str) -> Result<(), String> {

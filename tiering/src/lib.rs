@@ -3,6 +3,7 @@
 //! ([`chunk`], [`snapshot`]), the local read cache ([`cache`]) and a failing store for
 //! fault tests ([`failing`]).
 
+pub mod archive;
 pub mod bucket;
 pub mod cache;
 pub mod chunk;

@@ -51,6 +51,7 @@ const CMD_COMPACTED: u8 = 4;
 const CMD_OBJECTS_DELETED: u8 = 5;
 const CMD_PAGE_SEALED: u8 = 6;
 const CMD_PRODUCERS_EXPIRED: u8 = 7;
+const CMD_ARCHIVED: u8 = 8;
 /// Offset of the batch inside a prefixed append command (after the kind byte).
 pub const APPEND_BATCH_POS: usize = 1;
 
@@ -137,6 +138,18 @@ pub fn producers_expired_command(now_ms: i64, expiration_ms: i64) -> Command {
             expiration_ms,
         },
     )
+}
+
+/// Records that the Parquet archive holds `base_offset..up_to` (see
+/// `crate::tiering::archive`).
+pub fn archived_command(base_offset: i64, up_to: i64) -> Command {
+    json_command(CMD_ARCHIVED, &Archived { base_offset, up_to })
+}
+
+#[derive(Serialize, Deserialize)]
+struct Archived {
+    base_offset: i64,
+    up_to: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -271,6 +284,9 @@ pub struct PartitionLog {
     /// Objects no longer in the manifest, oldest first, until GC deletes them.
     #[serde(default)]
     deleted: Vec<DeletedChunk>,
+    /// Offsets below this are in the Parquet archive (or were deleted before it).
+    #[serde(default)]
+    archived_to: i64,
     #[serde(skip, default = "hwm_channel")]
     hwm: watch::Sender<i64>,
     /// Sum of the tail's batch sizes (derived: recounted on restore).
@@ -293,6 +309,7 @@ impl Default for PartitionLog {
             epochs: Vec::new(),
             producers: ProducerTable::default(),
             deleted: Vec::new(),
+            archived_to: 0,
             hwm: hwm_channel(),
             untiered: 0,
         }
@@ -581,6 +598,50 @@ impl PartitionLog {
         self.result(code::NONE, base_offset)
     }
 
+    /// Offsets below this are archived as Parquet.
+    pub fn archived_to(&self) -> i64 {
+        self.archived_to
+    }
+
+    /// About how many bytes the log holds from `offset` on: the tiered objects that end at
+    /// or after it (their stored size) and the tail. Unknown (u64::MAX) when `offset` lies
+    /// in a sealed manifest page: at least a page's worth of history.
+    pub fn bytes_from(&self, offset: i64) -> u64 {
+        if self.chunks.first().is_some_and(|c| offset < c.base_offset)
+            || (self.chunks.is_empty()
+                && self.pages.last().is_some_and(|p| offset <= p.last_offset))
+        {
+            return u64::MAX;
+        }
+        let tiered: u64 = self
+            .chunks
+            .iter()
+            .filter(|c| c.last_offset >= offset)
+            .map(|c| c.size)
+            .sum();
+        let tail: u64 = self
+            .batches
+            .iter()
+            .filter(|b| b.last_offset >= offset)
+            .map(|b| b.bytes as u64)
+            .sum();
+        tiered + tail
+    }
+
+    /// Moves the archived mark from `base_offset` (where the archive file starts: the
+    /// mark, or past it when retention deleted what was not archived yet) to `up_to`.
+    /// A proposal from a leader that did not see the mark where it is now is refused.
+    fn archived(&mut self, cmd: Archived) -> AppendResult {
+        if cmd.base_offset < self.archived_to
+            || cmd.up_to <= cmd.base_offset
+            || cmd.up_to > self.log_end_offset
+        {
+            return self.result(code::INVALID_REQUEST, -1);
+        }
+        self.archived_to = cmd.up_to;
+        self.result(code::NONE, cmd.up_to)
+    }
+
     fn objects_deleted(&mut self, cmd: ObjectsDeleted) -> AppendResult {
         self.deleted.retain(|d| !cmd.keys.contains(&d.chunk.key));
         self.result(code::NONE, -1)
@@ -646,6 +707,10 @@ impl ApplyState for PartitionLog {
             },
             Some(&CMD_PAGE_SEALED) => match serde_json::from_slice(body) {
                 Ok(cmd) => self.page_sealed(cmd),
+                Err(_) => corrupt(self),
+            },
+            Some(&CMD_ARCHIVED) => match serde_json::from_slice(body) {
+                Ok(cmd) => self.archived(cmd),
                 Err(_) => corrupt(self),
             },
             Some(&CMD_PRODUCERS_EXPIRED) => match serde_json::from_slice(body) {
@@ -865,5 +930,23 @@ mod tests {
         assert_eq!(restored.high_watermark(), 2);
         assert_eq!(restored.batches, log.batches);
         assert_eq!(restored.producers.len(), 1);
+    }
+
+    #[test]
+    fn the_archived_mark_only_moves_forward_from_where_it_is() {
+        let mut log = PartitionLog::default();
+        apply(&mut log, 1, 1, &batch(4, 0, 0, 10, 0));
+        let archived = |log: &mut PartitionLog, index, base, up_to| {
+            log.apply(&log_id(1, index), &archived_command(base, up_to));
+            log.archived_to()
+        };
+        assert_eq!(archived(&mut log, 2, 0, 6), 6);
+        // A stale leader's file from 0 again, and marks past the log end, are refused.
+        assert_eq!(archived(&mut log, 3, 0, 8), 6);
+        assert_eq!(archived(&mut log, 4, 6, 11), 6);
+        assert_eq!(archived(&mut log, 5, 6, 10), 10);
+        let restored =
+            PartitionLog::from_snapshot(&log.to_snapshot().expect("snap")).expect("restore");
+        assert_eq!(restored.archived_to(), 10);
     }
 }

@@ -47,8 +47,12 @@ impl Tier {
         &self,
         p: &Partition,
         retention: &RetentionPolicy,
+        archive: bool,
     ) -> Result<(), String> {
-        self.apply_retention(p, retention).await?;
+        if let Err(err) = self.archive(p, archive).await {
+            tracing::warn!(topic = %p.topic, partition = p.index, %err, "parquet archive failed; retrying next interval");
+        }
+        self.apply_retention(p, retention, archive).await?;
         self.compact(p).await?;
         self.seal_page(p).await?;
         self.expire_producers(p).await?;
@@ -82,7 +86,14 @@ impl Tier {
         Ok(())
     }
 
-    async fn apply_retention(&self, p: &Partition, policy: &RetentionPolicy) -> Result<(), String> {
+    /// Moves the log start past what retention lets go; with the Parquet archive on, not
+    /// past what is not archived yet (the archive is then asked to hurry).
+    async fn apply_retention(
+        &self,
+        p: &Partition,
+        policy: &RetentionPolicy,
+        archive: bool,
+    ) -> Result<(), String> {
         if policy.retention_ms < 0 && policy.retention_bytes < 0 {
             return Ok(());
         }
@@ -113,9 +124,22 @@ impl Tier {
             .iter()
             .map(|(page, entries)| (*page, entries.as_slice()))
             .collect();
-        let Some(cutoff) = retention_cutoff(&p.log.read(), policy, now, &open) else {
+        let Some(mut cutoff) = retention_cutoff(&p.log.read(), policy, now, &open) else {
             return Ok(());
         };
+        if archive {
+            let (archived, start) = {
+                let log = p.log.read();
+                (log.archived_to(), log.log_start_offset())
+            };
+            if cutoff > archived {
+                self.archive_now(p.group);
+                cutoff = archived;
+                if cutoff <= start {
+                    return Ok(());
+                }
+            }
+        }
         let res = self
             .propose(p, delete_records_command(cutoff, now))
             .await

@@ -23,7 +23,7 @@ impl Tier {
         } else {
             now_ms.saturating_sub(last_upload) as f64 / 1000.0
         };
-        let rows: [(&str, &str, String); 17] = [
+        let rows: [(&str, &str, String); 20] = [
             (
                 "counter",
                 "chronik_tiering_chunks_uploaded_total",
@@ -88,6 +88,21 @@ impl Tier {
                 "counter",
                 "chronik_gc_orphans_deleted_total",
                 load(&s.orphans_deleted).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_archive_files_written_total",
+                load(&s.archive_files).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_archive_records_total",
+                load(&s.archive_records).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_archive_bytes_total",
+                load(&s.archive_bytes).to_string(),
             ),
             (
                 "counter",

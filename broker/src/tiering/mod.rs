@@ -14,6 +14,7 @@
 //! producer expiry, GC of objects that left the manifest, and a sweep for objects that
 //! never made it into one (`orphans`).
 
+mod archive;
 mod cache;
 pub mod compaction;
 pub mod gc;
@@ -58,6 +59,10 @@ pub struct TierConfig {
     pub page_entries: usize,
     /// Idempotent producers idle this long are forgotten (`producer.id.expiration.ms`).
     pub producer_id_expiration_ms: u64,
+    /// An archive file is written once this many bytes wait (see `archive`) ...
+    pub archive_file_bytes: usize,
+    /// ... or once data has waited this long.
+    pub archive_interval: Duration,
 }
 
 /// Whether a partition's chunks are worth a zstd trial. [`ChunkWriter`] decides per chunk
@@ -116,6 +121,10 @@ pub struct TierStats {
     pub objects_deleted: AtomicU64,
     /// Objects no manifest named that the orphan sweep deleted.
     pub orphans_deleted: AtomicU64,
+    /// Parquet archive files written, their records and bytes.
+    pub archive_files: AtomicU64,
+    pub archive_records: AtomicU64,
+    pub archive_bytes: AtomicU64,
 }
 
 pub struct Tier {
@@ -136,6 +145,8 @@ pub struct Tier {
     producers_checked: Cadence,
     /// When each partition group's bucket range was last swept for orphans.
     orphans_swept: Cadence,
+    /// Since when each partition group has had records waiting for the archive.
+    archive_waiting: Cadence,
     /// Set by [`Tier::shutdown`]: the loop takes no further step.
     stopping: std::sync::atomic::AtomicBool,
     stop: tokio::sync::Notify,
@@ -178,6 +189,7 @@ impl Tier {
             pages: Default::default(),
             producers_checked: Default::default(),
             orphans_swept: Default::default(),
+            archive_waiting: Default::default(),
             stopping: Default::default(),
             stop: tokio::sync::Notify::new(),
             stepping: tokio::sync::Mutex::new(()),
@@ -392,15 +404,16 @@ impl Tier {
         let mut tasks = tokio::task::JoinSet::new();
         for p in registry.all().into_iter().filter(|p| p.is_leader(node_id)) {
             let (tier, limit) = (self.clone(), limit.clone());
-            let retention =
-                retention::RetentionPolicy::from_configs(&registry.topic_configs(&p.topic));
+            let configs = registry.topic_configs(&p.topic);
+            let retention = retention::RetentionPolicy::from_configs(&configs);
+            let archive = crate::topic_config::archive_enabled(&configs);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let tiered = tier.tier_partition(&p, upkeep).await;
                 if !upkeep {
                     return tiered;
                 }
-                if let Err(err) = tier.maintain_partition(&p, &retention).await {
+                if let Err(err) = tier.maintain_partition(&p, &retention, archive).await {
                     tracing::warn!(topic = %p.topic, partition = p.index, %err, "partition upkeep failed; retrying next interval");
                 }
                 tiered
