@@ -85,11 +85,23 @@ impl Broker {
 
     /// Healthy when the metadata group has a leader.
     pub fn health(&self) -> Result<(), String> {
-        {
+        let leader = {
             let m = self.node.metadata_raft.metrics();
             let m = m.borrow();
-            if m.current_leader.is_none() {
-                return Err("metadata group has no leader".into());
+            match m.current_leader {
+                None => return Err("metadata group has no leader".into()),
+                Some(l) => (m.state != openraft::ServerState::Leader).then_some(l),
+            }
+        };
+        // A follower keeps the last leader it saw: one cut off from it would look healthy.
+        if let Some(leader) = leader {
+            let session = Duration::from_millis(self.config.broker_session_timeout_ms);
+            let silent = self.node.transport.heard_since(leader);
+            if silent.is_none_or(|ago| ago >= session) {
+                return Err(format!(
+                    "the metadata leader, node {leader}, has not been heard from for {}: this node is cut off from the cluster's controller",
+                    silent.map_or("ever".to_string(), |ago| format!("{ago:?}"))
+                ));
             }
         }
         // A group whose Raft core stopped (a storage error) no longer replicates: the node

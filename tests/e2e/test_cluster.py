@@ -24,7 +24,7 @@ import pytest
 import kraw
 import kwire
 from cluster import Cluster, run_cli, unique_port
-from conftest import chronik_bin
+from conftest import chronik_bin, http_get
 from helpers import (DeliveryTracker, assert_acked_stored_once, assert_no_failed_deliveries,
                      assert_producer_succeeded, count_lines, produce_all, producer_process,
                      read_acks, wait_until)
@@ -353,6 +353,12 @@ def test_admin_commands_work_through_any_node(cluster):
         assert lags == {p: 6 for p in range(PARTS)}, (node.node_id, lags)
         r = run_cli("groups", "list", "--json", "--bootstrap", node.bootstrap)
         assert "cl-cli-g" in [g["group"] for g in json.loads(r.stdout)], (node.node_id, r.stdout)
+    # Admin clients send ListGroups to every broker and merge the answers: a broker that
+    # coordinates nothing answers an empty list, not an error.
+    admin = cluster.admin()
+    listed = admin.list_consumer_groups(request_timeout=15).result(timeout=30)
+    assert not listed.errors, [str(e) for e in listed.errors]
+    assert "cl-cli-g" in [g.group_id for g in listed.valid]
 
 
 def test_a_move_to_a_node_that_is_down_waits_for_it(cluster):
@@ -440,6 +446,25 @@ def test_a_dead_broker_is_fenced_and_leaves_every_in_sync_set(cluster_factory):
                what="node 3 back in every ISR")
     cluster.wait_brokers(3)
     assert cluster.wait_leaders("cl-single", 3)[orphan] == 3
+
+
+def test_a_learner_cut_off_from_the_controller_reports_unhealthy(cluster_factory):
+    # A node added to a running cluster follows the metadata group as a learner; learners
+    # never campaign, so it kept the last leader it saw and answered /health ok forever.
+    cluster = cluster_factory(env={"CHRONIK_BROKER_SESSION_TIMEOUT_MS": "2000"})
+    n4 = cluster.new_node(4)
+    n4.peers = cluster.peers_spec([1, 2, 3, 4])
+    n4.start()
+    cluster.wait_brokers(4)
+    assert http_get(f"{n4.http_base}/health")[0] == 200
+    for i in (1, 2, 3):
+        cluster.nodes[i].kill9()
+
+    def unhealthy():
+        status, body = http_get(f"{n4.http_base}/health")
+        return status == 503 and body
+    body = wait_until(unhealthy, timeout=20, interval=0.5, what="node 4 /health answering 503")
+    assert "metadata" in body, body
 
 
 # ---- leadership returns to the preferred replica ---------------------------------------------

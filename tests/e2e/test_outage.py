@@ -246,6 +246,13 @@ def test_acked_during_an_outage_survives_kill9_and_reaches_the_bucket(broker_fac
         wait_until(lambda: metric(broker, "chronik_tiering_chunks_uploaded_total") >= 2
                    and metric(broker, "chronik_tiering_untiered_bytes") == 0,
                    timeout=60, what="the tail acked during the outage to be tiered")
+        # Both tails' chunks (ending at offset 599) are in the bucket; the manifest entry
+        # that names each commits after its upload, and the snapshot after that: a restore
+        # is only promised what a snapshot in the bucket holds.
+        wait_until(lambda: sum(k.endswith(f"-{599:020}.chunk")
+                               for k in keys_under(moto[3], bucket, prefix + "/topics/")) == 2,
+                   timeout=30, what="chunks ending at offset 599 for both partitions")
+        time.sleep(1.0)  # five tiering and snapshot intervals
         wait_until(lambda: snapshots_settled(broker), timeout=30,
                    what="the snapshots that follow the upload")
 

@@ -181,7 +181,26 @@ impl Coordinator {
             counters: Arc::new(Counters::default()),
         });
         tokio::spawn(retention::run_retention(Arc::downgrade(&coordinator)));
+        tokio::spawn(unload_on_leadership_change(Arc::downgrade(&coordinator)));
         coordinator
+    }
+
+    /// Drops every group held in memory, answering requests parked on them with
+    /// NOT_COORDINATOR so that clients look the coordinator up again.
+    fn unload_groups(&self) {
+        let groups: Vec<Arc<Slot>> = self.groups.write().drain().map(|(_, s)| s).collect();
+        for slot in groups {
+            let mut inner = slot.inner.lock();
+            inner.group.unload();
+            for (member, tx) in inner.joins.drain() {
+                let _ = tx.send(JoinResult::error(code::NOT_COORDINATOR, &member));
+            }
+            for (_, tx) in inner.syncs.drain() {
+                let _ = tx.send(SyncResult::error(code::NOT_COORDINATOR));
+            }
+            drop(inner);
+            slot.wake.notify_one();
+        }
     }
 
     /// The node that coordinates groups now (the offsets group's leader), if known.
@@ -506,7 +525,9 @@ impl Coordinator {
     pub fn describe(&self, group_id: &str) -> Option<GroupSummary> {
         if let Some(slot) = self.slot(group_id, false) {
             let s = summarize(&slot.inner.lock().group);
-            if s.state != GroupStateKind::Empty && s.state != GroupStateKind::Dead {
+            // An empty group is described as Empty, as ListGroups lists it, whether or not
+            // it has committed offsets (Kafka drops it at a later cleanup).
+            if s.state != GroupStateKind::Dead {
                 return Some(s);
             }
             if self.offsets.read().has_group(group_id) {
@@ -710,6 +731,38 @@ fn offsets_only(group_id: &str) -> GroupSummary {
         protocol_type: String::new(),
         protocol_name: String::new(),
         members: Vec::new(),
+    }
+}
+
+/// Group membership lives in the coordinator's memory, valid only for one leadership of the
+/// offsets group: when this node stops leading it (or leads it again in a later term), the
+/// groups it held are unloaded, as Kafka unloads them with the offsets partition. Without
+/// this, a node that lost and regained leadership answered from stale members: static
+/// members were fenced by their own ghosts, others waited out dead sessions.
+async fn unload_on_leadership_change(coordinator: std::sync::Weak<Coordinator>) {
+    let Some(mut rx) = coordinator.upgrade().map(|c| c.raft.metrics()) else {
+        return;
+    };
+    let leading = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    };
+    let mut was = leading(&rx.borrow_and_update());
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let now = leading(&rx.borrow_and_update());
+        if now == was {
+            continue;
+        }
+        let Some(c) = coordinator.upgrade() else {
+            return;
+        };
+        if was.is_some() {
+            tracing::info!("no longer the group coordinator: unloading its groups");
+            c.unload_groups();
+        }
+        was = now;
     }
 }
 

@@ -468,8 +468,12 @@ impl Broker {
             Vec::new()
         };
         let mut resp = ListGroupsResponse::default();
+        // Each broker lists the groups it coordinates; admin clients ask every broker and
+        // merge. Only while no node coordinates (an election) is there no answer.
         if !self.groups.is_coordinator() {
-            resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
+            if self.groups.coordinator_node().is_none() {
+                resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
+            }
             return ResponseKind::ListGroups(resp);
         }
         for g in self.groups.list() {

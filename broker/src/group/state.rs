@@ -650,6 +650,13 @@ impl Group {
         }
     }
 
+    /// Forgets the group on this node: its coordinator moved away (Kafka unloads a
+    /// coordinator's groups when it loses the offsets partition). Requests parked on it
+    /// are answered by the caller.
+    pub fn unload(&mut self) {
+        self.state = GroupStateKind::Dead;
+    }
+
     // ---- time ---------------------------------------------------------------------------
 
     /// Expires sessions, pending member ids and rebalance deadlines that are due at `now`.

@@ -311,8 +311,12 @@ fn static_member_rejoining_a_stable_group_keeps_its_assignment_without_rebalance
     );
     assert_eq!(g.state(), GroupStateKind::Stable);
 
-    // The process restarts: a fresh join with the same instance id and no member id.
-    let again = g.join(static_req("i1"), t0 + ms(2_000), "two");
+    // The process restarts: a fresh join with the same instance id and no member id. Its
+    // protocol metadata differs (cooperative-sticky lists owned partitions, and a new
+    // process owns none): the protocol names decide, as in Kafka.
+    let mut restarted = static_req("i1");
+    restarted.protocols[0].1 = Bytes::from("meta-range-owning-nothing");
+    let again = g.join(restarted, t0 + ms(2_000), "two");
     let r = again.reply.expect("answered at once, no rebalance");
     assert_eq!(r.error, code::NONE);
     assert_eq!(r.generation, 1);

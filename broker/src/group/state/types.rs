@@ -74,8 +74,12 @@ impl Member {
             .unwrap_or_default()
     }
 
+    /// Whether a rejoining static member asks for the same protocols, by name, as Kafka
+    /// compares them: the metadata may differ (cooperative-sticky's lists the partitions
+    /// the member owns, and a restarted process owns none), which is no reason to rebalance.
     pub(super) fn same_protocols(&self, other: &[(String, Bytes)]) -> bool {
-        self.protocols == other
+        self.protocols.len() == other.len()
+            && self.protocols.iter().zip(other).all(|(a, b)| a.0 == b.0)
     }
 }
 
