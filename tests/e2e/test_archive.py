@@ -43,7 +43,9 @@ def create(broker, topic: str, partitions: int, archive: bool = True) -> None:
 def produce(broker, topic: str, start: int, count: int, partitions: int,
             codec: str = "none", base_ts: int = BASE_TS) -> None:
     """Keys k{i}, values v{i}, header n={i}, timestamp base_ts+i, to partition i % partitions."""
-    producer = broker.producer({"acks": "all", "linger.ms": 5, "compression.type": codec})
+    # Small batches: a file is cut at whole batches, so several files need several batches.
+    producer = broker.producer({"acks": "all", "linger.ms": 5, "compression.type": codec,
+                                "batch.size": 4096})
     dr = DeliveryTracker()
     for i in range(start, start + count):
         producer.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(),
