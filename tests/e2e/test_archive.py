@@ -42,7 +42,8 @@ def create(broker, topic: str, partitions: int, archive: bool = True) -> None:
 
 def produce(broker, topic: str, start: int, count: int, partitions: int,
             codec: str = "none", base_ts: int = BASE_TS) -> None:
-    """Keys k{i}, values v{i}, header n={i}, timestamp base_ts+i, to partition i % partitions."""
+    """Keys k{i}, values v{i}, headers n={i}, empty=null, n=again (a repeated key), timestamp
+    base_ts+i, to partition i % partitions."""
     # Small batches: a file is cut at whole batches, so several files need several batches.
     producer = broker.producer({"acks": "all", "linger.ms": 5, "compression.type": codec,
                                 "batch.size": 4096})
@@ -50,7 +51,8 @@ def produce(broker, topic: str, start: int, count: int, partitions: int,
     for i in range(start, start + count):
         producer.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(),
                          partition=i % partitions, timestamp=base_ts + i,
-                         headers=[("n", str(i).encode()), ("empty", None)], on_delivery=dr)
+                         headers=[("n", str(i).encode()), ("empty", None), ("n", b"again")],
+                         on_delivery=dr)
         producer.poll(0)
     assert producer.flush(60) == 0, "undelivered records after 60 s"
     assert not dr.errors, f"delivery errors: {[str(e) for e, _ in dr.errors[:5]]}"
@@ -94,7 +96,8 @@ def check_rows(rows, total: int, partitions: int, base_ts: int = BASE_TS) -> Non
                                                       base_ts + i), f"partition {p} offset {offset}"
             assert ts_type == "CreateTime"
             assert [(h["key"], None if h["value"] is None else bytes(h["value"]))
-                    for h in headers] == [("n", str(i).encode()), ("empty", None)]
+                    for h in headers] == [("n", str(i).encode()), ("empty", None), ("n", b"again")], \
+                "headers in record order, a repeated key included"
 
 
 @pytest.mark.parametrize("codec", ["none", "zstd", "gzip", "lz4", "snappy"])
@@ -127,6 +130,8 @@ def test_pyarrow_pandas_and_datafusion_read_the_archive(broker_factory):
     schema = {f.name: str(f.type) for f in table.schema}
     assert schema["offset"] == "int64" and schema["timestamp"] == "timestamp[ms, tz=UTC]"
     assert schema["key"] == "binary" and schema["value"] == "binary"
+    # Not an idempotent producer: no sequence numbers.
+    assert set(table["sequence"].to_pylist()) == {-1} and set(table["producer_id"].to_pylist()) == {-1}
     df = table.to_pandas()
     assert sorted(df[df["partition"] == 1]["offset"].tolist()) == list(range(500))
     assert df["timestamp"].min().value // 1_000_000 == BASE_TS

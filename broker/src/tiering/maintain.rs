@@ -307,7 +307,7 @@ impl Tier {
         p: &Partition,
         cmd: chronik_metastore::types::Command,
     ) -> Result<AppendResult, String> {
-        let resp = p.raft.client_write(cmd).await.map_err(|e| e.to_string())?;
+        let resp = super::commit(p, cmd).await?;
         Ok(AppendResult::decode(&resp.data))
     }
 }

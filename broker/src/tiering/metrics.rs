@@ -23,7 +23,7 @@ impl Tier {
         } else {
             now_ms.saturating_sub(last_upload) as f64 / 1000.0
         };
-        let rows: [(&str, &str, String); 20] = [
+        let rows: [(&str, &str, String); 21] = [
             (
                 "counter",
                 "chronik_tiering_chunks_uploaded_total",
@@ -103,6 +103,11 @@ impl Tier {
                 "counter",
                 "chronik_archive_bytes_total",
                 load(&s.archive_bytes).to_string(),
+            ),
+            (
+                "counter",
+                "chronik_archive_skipped_batches_total",
+                load(&s.archive_skipped_batches).to_string(),
             ),
             (
                 "counter",

@@ -125,6 +125,8 @@ pub struct TierStats {
     pub archive_files: AtomicU64,
     pub archive_records: AtomicU64,
     pub archive_bytes: AtomicU64,
+    /// Batches the archive could not decode and left out.
+    pub archive_skipped_batches: AtomicU64,
 }
 
 pub struct Tier {
@@ -153,6 +155,27 @@ pub struct Tier {
     /// Held by the loop for the length of each step, so that shutdown can wait for the
     /// step under way: after it, this node writes nothing more to the bucket.
     stepping: tokio::sync::Mutex<()>,
+}
+
+/// How long a tiering step waits for one of its Raft entries to commit.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Proposes `cmd` on the partition's group and waits for it to commit, at most
+/// [`COMMIT_TIMEOUT`]. A leader that cannot reach a quorum keeps its proposals pending;
+/// without a bound, one such proposal held the node's whole tiering loop (every partition,
+/// and with it produce, once the untiered limit was reached). An entry that commits after
+/// the timeout is harmless: every command tiering proposes is checked against the state it
+/// applies to, and a repeat is refused.
+pub(super) async fn commit(
+    p: &Partition,
+    cmd: chronik_metastore::types::Command,
+) -> Result<openraft::raft::ClientWriteResponse<chronik_metastore::types::TypeConfig>, String> {
+    match tokio::time::timeout(COMMIT_TIMEOUT, p.raft.client_write(cmd)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "not committed within {COMMIT_TIMEOUT:?} (no quorum for the partition's Raft group?)"
+        )),
+    }
 }
 
 /// Per partition group, when a periodic upkeep task last ran.
@@ -606,9 +629,7 @@ impl Tier {
     /// has it); `Ok(false)` when the commit was refused (the tail moved meanwhile).
     async fn commit_chunk(&self, p: &Arc<Partition>, chunk: ChunkRef) -> Result<bool, String> {
         let size = chunk.size;
-        let resp = p
-            .raft
-            .client_write(chunk_tiered_command(&chunk))
+        let resp = commit(p, chunk_tiered_command(&chunk))
             .await
             .map_err(|e| format!("commit chunk {}: {e}", chunk.key))?;
         if AppendResult::decode(&resp.data).error != code::NONE {
