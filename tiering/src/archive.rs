@@ -39,6 +39,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use uuid::Uuid;
 
 /// `archive/topic={name}/partition={partition}/`.
@@ -91,8 +92,10 @@ pub fn archived_range(file: &Bytes) -> Result<(i64, i64), String> {
 
 /// Rows buffered before they are handed to the Parquet writer as one Arrow batch.
 const BATCH_ROWS: usize = 8192;
-/// Rows per Parquet row group.
+/// Rows per Parquet row group, at most ...
 const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// ... and bytes.
+const ROW_GROUP_BYTES: usize = 8 << 20;
 
 fn header_fields() -> Fields {
     Fields::from(vec![
@@ -229,6 +232,13 @@ impl ArchiveWriter {
                 ZstdLevel::try_new(1).map_err(|e| e.to_string())?,
             ))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            // Row groups are flushed into the file as they fill: the writer holds one
+            // encoded row group at a time, not the whole file twice.
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+            // Keys and values are the producers' bytes, mostly unique: a dictionary costs
+            // memory and time and is dropped by the writer anyway.
+            .set_column_dictionary_enabled(ColumnPath::from("key"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("value"), false)
             .set_key_value_metadata(Some(metadata))
             .build();
         let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))

@@ -146,4 +146,29 @@ impl PartitionLog {
         }
         best
     }
+
+    /// About how many bytes the log holds from `offset` on: the tiered objects that end at
+    /// or after it (their stored size) and the tail. Unknown (u64::MAX) when `offset` lies
+    /// in a sealed manifest page: at least a page's worth of history.
+    pub fn bytes_from(&self, offset: i64) -> u64 {
+        if self.chunks.first().is_some_and(|c| offset < c.base_offset)
+            || (self.chunks.is_empty()
+                && self.pages.last().is_some_and(|p| offset <= p.last_offset))
+        {
+            return u64::MAX;
+        }
+        let tiered: u64 = self
+            .chunks
+            .iter()
+            .filter(|c| c.last_offset >= offset)
+            .map(|c| c.size)
+            .sum();
+        let tail: u64 = self
+            .batches
+            .iter()
+            .filter(|b| b.last_offset >= offset)
+            .map(|b| b.bytes as u64)
+            .sum();
+        tiered + tail
+    }
 }

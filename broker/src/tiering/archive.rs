@@ -32,6 +32,8 @@ use crate::partition::Partition;
 
 /// Bytes read from the log per call while a file is gathered.
 const READ_BYTES: usize = 1 << 20;
+/// Bytes of batches decoded and added to the file at a time.
+const PIECE_BYTES: usize = 4 << 20;
 
 impl Tier {
     /// Writes the partition's next archive file when one is due.
@@ -59,23 +61,46 @@ impl Tier {
         if !full && since.elapsed() < self.config.archive_interval {
             return Ok(());
         }
-        let (data, up_to) = self.gather(p, from, end).await?;
-        if data.is_empty() {
-            return Ok(());
+        // One file at a time per node, built piece by piece: the node holds a piece of
+        // batches (PIECE_BYTES), one Arrow batch of rows, one encoded row group and the
+        // file so far, not the whole file's batches as well.
+        let _one_at_a_time = self.archive_slot.lock().await;
+        let mut writer = Some(ArchiveWriter::new(&p.topic, p.topic_id, p.index)?);
+        let (mut at, mut gathered, mut skipped) = (from, 0usize, 0u64);
+        while at < end && gathered < self.config.archive_file_bytes {
+            let want = PIECE_BYTES.min(self.config.archive_file_bytes - gathered);
+            let (piece, next, bytes) = self.gather(p, at, end, want).await?;
+            if piece.is_empty() {
+                break;
+            }
+            let w = writer.take().ok_or("archive writer lost")?;
+            let (topic, partition) = (p.topic.clone(), p.index);
+            let (w, left_out) = tokio::task::spawn_blocking(move || {
+                push_batches(w, piece, from, &topic, partition)
+            })
+            .await
+            .map_err(|e| format!("archive task: {e}"))??;
+            writer = Some(w);
+            skipped += left_out;
+            gathered += bytes;
+            at = next;
         }
-        let (topic, topic_id, partition) = (p.topic.clone(), p.topic_id, p.index);
-        let (file, skipped) = tokio::task::spawn_blocking(move || {
-            encode_file(&topic, topic_id, partition, data, from, up_to)
-        })
-        .await
-        .map_err(|e| format!("archive task: {e}"))??;
+        let up_to = at;
         self.stats
             .archive_skipped_batches
             .fetch_add(skipped, Ordering::Relaxed);
-        let Some((file, rows)) = file else {
-            // Only control records: nothing to write, but the mark moves past them.
+        let writer = writer.ok_or("archive writer lost")?;
+        if up_to == from {
+            return Ok(());
+        }
+        if writer.rows() == 0 {
+            // Only control records (or batches left out): no file, but the mark moves on.
             return self.commit_archived(p, from, up_to).await;
-        };
+        }
+        let rows = writer.rows() as u64;
+        let file = tokio::task::spawn_blocking(move || writer.finish(from, up_to - 1))
+            .await
+            .map_err(|e| format!("archive task: {e}"))??;
         let key = archive_key(&p.topic, p.topic_id, p.index, from);
         let size = file.len() as u64;
         let created = self
@@ -127,24 +152,23 @@ impl Tier {
     }
 
     /// Whole batches from `from` up to `end` (the high watermark when the step began),
-    /// about `archive_file_bytes` of them; and the offset after the last.
+    /// about `max_bytes` of them; the offset after the last, and their size.
     async fn gather(
         &self,
         p: &Partition,
         from: i64,
         end: i64,
-    ) -> Result<(Vec<Bytes>, i64), String> {
+        max_bytes: usize,
+    ) -> Result<(Vec<Bytes>, i64, usize), String> {
         let mut out = Vec::new();
         let (mut at, mut bytes) = (from, 0usize);
-        while at < end && bytes < self.config.archive_file_bytes {
+        while at < end && bytes < max_bytes {
             let mut data = p.read_at(at, READ_BYTES, true).await?;
             if data.is_empty() {
                 break;
             }
             let before = at;
-            while data.len() >= crate::partition::batch::LOG_OVERHEAD
-                && bytes < self.config.archive_file_bytes
-            {
+            while data.len() >= crate::partition::batch::LOG_OVERHEAD && bytes < max_bytes {
                 let header = BatchHeader::parse(&data).map_err(|e| format!("archive read: {e}"))?;
                 let base = (&data[..8]).get_i64();
                 if base >= end {
@@ -159,7 +183,7 @@ impl Tier {
                 return Err(format!("archive read at offset {at} made no progress"));
             }
         }
-        Ok((out, at))
+        Ok((out, at, bytes))
     }
 }
 
@@ -299,20 +323,17 @@ fn bytes_field(b: &mut Bytes) -> Result<Option<Bytes>, String> {
     Ok(Some(b.split_to(len)))
 }
 
-/// Decodes the batches and writes the rows at or after `from` as one file; None when
-/// there are none (only control records). A batch that cannot be decoded (its CRC held,
-/// so the producer wrote it so) is left out with a warning rather than stopping the
-/// archive, and retention with it. Returns the file, its row count and the batches left
-/// out.
-fn encode_file(
-    topic: &str,
-    topic_id: uuid::Uuid,
-    partition: i32,
+/// Decodes the batches and adds their rows at or after `from` to the file. A batch that
+/// cannot be decoded (its CRC held, so its producer wrote it so) is left out with a warning
+/// rather than stopping the archive, and retention with it. Returns the writer and the
+/// number of batches left out.
+fn push_batches(
+    mut writer: ArchiveWriter,
     batches: Vec<Bytes>,
     from: i64,
-    up_to: i64,
-) -> Result<(Option<(Bytes, u64)>, u64), String> {
-    let mut writer = ArchiveWriter::new(topic, topic_id, partition)?;
+    topic: &str,
+    partition: i32,
+) -> Result<(ArchiveWriter, u64), String> {
     let mut skipped = 0u64;
     for batch in batches {
         let b = match decode_batch(&batch) {
@@ -327,11 +348,7 @@ fn encode_file(
         if b.control {
             continue;
         }
-        for r in b
-            .rows
-            .iter()
-            .filter(|r| r.offset >= from && r.offset < up_to)
-        {
+        for r in b.rows.iter().filter(|r| r.offset >= from) {
             let headers = r
                 .headers
                 .iter()
@@ -351,11 +368,7 @@ fn encode_file(
             })?;
         }
     }
-    if writer.rows() == 0 {
-        return Ok((None, skipped));
-    }
-    let rows = writer.rows() as u64;
-    Ok((Some((writer.finish(from, up_to - 1)?, rows)), skipped))
+    Ok((writer, skipped))
 }
 
 #[cfg(test)]

@@ -149,6 +149,8 @@ pub struct Tier {
     orphans_swept: Cadence,
     /// Since when each partition group has had records waiting for the archive.
     archive_waiting: Cadence,
+    /// Held while an archive file is built (see `archive`).
+    archive_slot: tokio::sync::Mutex<()>,
     /// Set by [`Tier::shutdown`]: the loop takes no further step.
     stopping: std::sync::atomic::AtomicBool,
     stop: tokio::sync::Notify,
@@ -213,6 +215,7 @@ impl Tier {
             producers_checked: Default::default(),
             orphans_swept: Default::default(),
             archive_waiting: Default::default(),
+            archive_slot: tokio::sync::Mutex::new(()),
             stopping: Default::default(),
             stop: tokio::sync::Notify::new(),
             stepping: tokio::sync::Mutex::new(()),
