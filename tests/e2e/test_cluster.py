@@ -353,6 +353,17 @@ def test_admin_commands_work_through_any_node(cluster):
         assert lags == {p: 6 for p in range(PARTS)}, (node.node_id, lags)
         r = run_cli("groups", "list", "--json", "--bootstrap", node.bootstrap)
         assert "cl-cli-g" in [g["group"] for g in json.loads(r.stdout)], (node.node_id, r.stdout)
+    # Each partition's lag is reported once in the cluster (by its leader), so that a sum
+    # over the nodes' /metrics is the group's lag.
+    reported = Counter()
+    total = 0.0
+    for node in cluster.live():
+        for labels, v in node.metric("chronik_consumer_lag").items():
+            if 'group="cl-cli-g"' in labels:
+                reported[labels] += 1
+                total += v
+    assert len(reported) == PARTS and set(reported.values()) == {1}, reported
+    assert total == 6 * PARTS
     # Admin clients send ListGroups to every broker and merge the answers: a broker that
     # coordinates nothing answers an empty list, not an error.
     admin = cluster.admin()

@@ -666,9 +666,11 @@ impl Coordinator {
                 })
                 .collect()
         };
+        // Each partition's lag is reported by its leader only, so that summing the metric
+        // over the cluster's nodes counts every partition once.
         let _ = writeln!(out, "# TYPE chronik_consumer_lag gauge");
         for (g, t, p, offset) in committed {
-            let Some(part) = partitions.get(&t, p) else {
+            let Some(part) = partitions.get(&t, p).filter(|p| p.is_leader(self.node_id)) else {
                 continue;
             };
             let hwm = part.log.read().high_watermark();
