@@ -134,8 +134,6 @@ pub struct ArchiveWriter {
     writer: ArrowWriter<Vec<u8>>,
     rows: Rows,
     written: usize,
-    first_offset: Option<i64>,
-    last_offset: i64,
 }
 
 #[derive(Default)]
@@ -248,14 +246,10 @@ impl ArchiveWriter {
             writer,
             rows: Rows::default(),
             written: 0,
-            first_offset: None,
-            last_offset: -1,
         })
     }
 
     pub fn push(&mut self, record: &ArchiveRecord<'_>) -> Result<(), String> {
-        self.first_offset.get_or_insert(record.offset);
-        self.last_offset = record.offset;
         self.rows.push(record);
         if self.rows.len() >= BATCH_ROWS {
             self.flush()?;
@@ -277,11 +271,6 @@ impl ArchiveWriter {
     /// Rows pushed so far.
     pub fn rows(&self) -> usize {
         self.written + self.rows.len()
-    }
-
-    /// The offsets of the first and last row pushed.
-    pub fn offsets(&self) -> Option<(i64, i64)> {
-        self.first_offset.map(|f| (f, self.last_offset))
     }
 
     /// The finished file, recorded as holding `base_offset..=last_offset` (which may
@@ -336,7 +325,6 @@ mod tests {
             })
             .expect("push");
         }
-        assert_eq!(w.offsets(), Some((100, 100 + n as i64 - 1)));
         let file = w.finish(100, 100 + n as i64).expect("finish");
         assert_eq!(archived_range(&file).expect("range"), (100, 100 + n as i64));
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)

@@ -39,7 +39,7 @@ impl Tier {
     /// Writes the partition's next archive file when one is due.
     pub(super) async fn archive(&self, p: &Partition, enabled: bool) -> Result<(), String> {
         if !enabled {
-            self.archive_waiting.0.lock().remove(&p.group);
+            self.archive_waiting.lock().remove(&p.group);
             return Ok(());
         }
         let (from, end, waiting) = {
@@ -48,13 +48,12 @@ impl Tier {
             (from, log.high_watermark(), log.bytes_from(from))
         };
         if from >= end {
-            self.archive_waiting.0.lock().remove(&p.group);
+            self.archive_waiting.lock().remove(&p.group);
             return Ok(());
         }
         let full = waiting >= self.config.archive_file_bytes as u64;
         let since = *self
             .archive_waiting
-            .0
             .lock()
             .entry(p.group)
             .or_insert_with(tokio::time::Instant::now);
@@ -65,7 +64,7 @@ impl Tier {
         // batches (PIECE_BYTES), one Arrow batch of rows, one encoded row group and the
         // file so far, not the whole file's batches as well.
         let _one_at_a_time = self.archive_slot.lock().await;
-        let mut writer = Some(ArchiveWriter::new(&p.topic, p.topic_id, p.index)?);
+        let mut writer = ArchiveWriter::new(&p.topic, p.topic_id, p.index)?;
         let (mut at, mut gathered, mut skipped) = (from, 0usize, 0u64);
         while at < end && gathered < self.config.archive_file_bytes {
             let want = PIECE_BYTES.min(self.config.archive_file_bytes - gathered);
@@ -73,14 +72,13 @@ impl Tier {
             if piece.is_empty() {
                 break;
             }
-            let w = writer.take().ok_or("archive writer lost")?;
             let (topic, partition) = (p.topic.clone(), p.index);
             let (w, left_out) = tokio::task::spawn_blocking(move || {
-                push_batches(w, piece, from, &topic, partition)
+                push_batches(writer, piece, from, &topic, partition)
             })
             .await
             .map_err(|e| format!("archive task: {e}"))??;
-            writer = Some(w);
+            writer = w;
             skipped += left_out;
             gathered += bytes;
             at = next;
@@ -89,7 +87,6 @@ impl Tier {
         self.stats
             .archive_skipped_batches
             .fetch_add(skipped, Ordering::Relaxed);
-        let writer = writer.ok_or("archive writer lost")?;
         if up_to == from {
             return Ok(());
         }
@@ -126,7 +123,7 @@ impl Tier {
             last + 1
         };
         self.commit_archived(p, from, up_to).await?;
-        self.archive_waiting.0.lock().remove(&p.group);
+        self.archive_waiting.lock().remove(&p.group);
         tracing::debug!(topic = %p.topic, partition = p.index, %key, from, up_to, "archived");
         Ok(())
     }
@@ -137,7 +134,7 @@ impl Tier {
         let long_ago = tokio::time::Instant::now()
             .checked_sub(self.config.archive_interval)
             .unwrap_or_else(tokio::time::Instant::now);
-        self.archive_waiting.0.lock().insert(group, long_ago);
+        self.archive_waiting.lock().insert(group, long_ago);
     }
 
     async fn commit_archived(&self, p: &Partition, from: i64, up_to: i64) -> Result<(), String> {

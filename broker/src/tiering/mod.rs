@@ -148,7 +148,7 @@ pub struct Tier {
     /// When each partition group's bucket range was last swept for orphans.
     orphans_swept: Cadence,
     /// Since when each partition group has had records waiting for the archive.
-    archive_waiting: Cadence,
+    archive_waiting: parking_lot::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
     /// Held while an archive file is built (see `archive`).
     archive_slot: tokio::sync::Mutex<()>,
     /// Set by [`Tier::shutdown`]: the loop takes no further step.
