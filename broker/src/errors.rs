@@ -44,6 +44,7 @@ pub mod code {
     pub const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
     // Consumer groups.
     pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const NOT_COORDINATOR: i16 = 16;
     pub const ILLEGAL_GENERATION: i16 = 22;

@@ -2,11 +2,14 @@
 //! ([`crate::types::OFFSETS_GROUP`], Kafka's `__consumer_offsets`).
 //!
 //! Owns, per consumer group, the last committed offset of each topic partition (with the
-//! leader epoch and metadata string the client sent). Group *membership* is not here: as in
-//! Kafka it lives in the coordinator's memory and is rebuilt by clients rejoining. Commits
-//! and deletions go through Raft, so an acknowledged commit survives a restart or a kill -9
-//! (the WAL fsyncs before the entry commits), and the whole map is part of the snapshot that
-//! tiering ships to the bucket.
+//! leader epoch and metadata string the client sent), and the group's membership as of its
+//! last completed rebalance ([`StoredGroup`], Kafka's group metadata record). The
+//! coordinator works on membership in memory and stores it here when a rebalance completes
+//! or the group empties, so a new coordinator (after a failover or a restart) loads the
+//! members and their assignments, and consumers carry on heartbeating instead of rejoining.
+//! Commits and deletions go through Raft, so an acknowledged commit survives a restart or a
+//! kill -9 (the WAL fsyncs before the entry commits), and the whole state is part of the
+//! snapshot that tiering ships to the bucket.
 //!
 //! Validation (group id rules, known topics, membership and generation) happens before
 //! proposing; apply is a pure function of the log and never fails on well-formed commands.
@@ -39,6 +42,30 @@ pub struct PartitionCommit {
     pub committed: CommittedOffset,
 }
 
+/// A group's membership as of its last completed rebalance: Stable with members and their
+/// assignments, or Empty (no members) with the generation and protocol type it ended with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredGroup {
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: Option<String>,
+    pub members: Vec<StoredMember>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: u64,
+    pub rebalance_timeout_ms: u64,
+    /// (protocol name, metadata), in the member's order of preference.
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OffsetsCommand {
     Commit {
@@ -56,6 +83,13 @@ pub enum OffsetsCommand {
     /// committed before `before_ms`. The coordinator lists groups that have had no
     /// members for the retention period; an offset committed since it decided is kept.
     Expire { groups: Vec<String>, before_ms: i64 },
+    /// Stores (or, with `None`, forgets) the membership of groups, as the coordinator that
+    /// led the offsets group in `term` saw it. Applied only from an entry of that same term:
+    /// a deposed coordinator's late proposal, committed by a later leader, changes nothing.
+    StoreGroups {
+        term: u64,
+        groups: Vec<(String, Option<StoredGroup>)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,10 +101,13 @@ pub enum OffsetsResponse {
 /// topic → partition → offset.
 pub type GroupOffsets = BTreeMap<String, BTreeMap<i32, CommittedOffset>>;
 
-/// Committed offsets of every group.
+/// Committed offsets and stored membership of every group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetsState {
     groups: BTreeMap<String, GroupOffsets>,
+    /// Absent from snapshots written before membership was stored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    members: BTreeMap<String, StoredGroup>,
 }
 
 impl OffsetsState {
@@ -100,7 +137,17 @@ impl OffsetsState {
         self.groups.iter()
     }
 
-    pub fn apply_command(&mut self, cmd: OffsetsCommand) -> OffsetsResponse {
+    /// Every group with stored membership.
+    pub fn stored_groups(&self) -> impl Iterator<Item = (&String, &StoredGroup)> {
+        self.members.iter()
+    }
+
+    pub fn has_stored_group(&self, group: &str) -> bool {
+        self.members.contains_key(group)
+    }
+
+    /// Applies a command from an entry written in `term`.
+    pub fn apply_command(&mut self, term: u64, cmd: OffsetsCommand) -> OffsetsResponse {
         match cmd {
             OffsetsCommand::Commit { group, offsets } => {
                 if offsets.is_empty() {
@@ -115,6 +162,7 @@ impl OffsetsState {
             }
             OffsetsCommand::DeleteGroup { group } => {
                 self.groups.remove(&group);
+                self.members.remove(&group);
             }
             OffsetsCommand::DeleteOffsets { group, partitions } => {
                 if let Some(g) = self.groups.get_mut(&group) {
@@ -145,15 +193,29 @@ impl OffsetsState {
                     }
                 }
             }
+            OffsetsCommand::StoreGroups {
+                term: proposed_in,
+                groups,
+            } => {
+                if proposed_in != term {
+                    return OffsetsResponse::Ok;
+                }
+                for (group, stored) in groups {
+                    match stored {
+                        Some(stored) => self.members.insert(group, stored),
+                        None => self.members.remove(&group),
+                    };
+                }
+            }
         }
         OffsetsResponse::Ok
     }
 }
 
 impl ApplyState for OffsetsState {
-    fn apply(&mut self, _log_id: &LogId, command: &Command) -> CommandResponse {
+    fn apply(&mut self, log_id: &LogId, command: &Command) -> CommandResponse {
         let response = match serde_json::from_slice::<OffsetsCommand>(&command.0) {
-            Ok(cmd) => self.apply_command(cmd),
+            Ok(cmd) => self.apply_command(log_id.leader_id.term, cmd),
             Err(err) => OffsetsResponse::Malformed(err.to_string()),
         };
         CommandResponse(Bytes::from(
@@ -239,13 +301,69 @@ mod tests {
         assert_eq!(s, OffsetsState::default());
     }
 
+    fn stored(generation: i32) -> StoredGroup {
+        StoredGroup {
+            generation,
+            protocol_type: Some("consumer".into()),
+            protocol_name: Some("range".into()),
+            leader: Some("m1".into()),
+            members: vec![StoredMember {
+                member_id: "m1".into(),
+                group_instance_id: None,
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout_ms: 10_000,
+                rebalance_timeout_ms: 30_000,
+                protocols: vec![("range".into(), Bytes::from_static(&[0, 1, 0xff]))],
+                assignment: Bytes::from_static(&[0, 1, 2]),
+            }],
+        }
+    }
+
+    fn apply_in(s: &mut OffsetsState, term: u64, cmd: &OffsetsCommand) -> OffsetsResponse {
+        let id = RaftLogId::new(CommittedLeaderId::new(term, 1), 1);
+        decode_response(&s.apply(&id, &encode_command(cmd)))
+    }
+
     #[test]
     fn snapshot_round_trips() {
         let mut s = OffsetsState::default();
         apply(&mut s, &commit("g", "t", 2, 42));
+        let store = OffsetsCommand::StoreGroups {
+            term: 1,
+            groups: vec![("g".into(), Some(stored(3)))],
+        };
+        apply(&mut s, &store);
+        assert!(s.has_stored_group("g"));
         let restored =
             OffsetsState::from_snapshot(&s.to_snapshot().expect("snapshot")).expect("restore");
         assert_eq!(restored, s);
+        // A snapshot from before membership was stored still loads.
+        let old = OffsetsState::from_snapshot(br#"{"groups":{}}"#).expect("old snapshot");
+        assert_eq!(old, OffsetsState::default());
+    }
+
+    #[test]
+    fn stored_membership_only_from_its_own_term() {
+        let mut s = OffsetsState::default();
+        let store = |term, generation| OffsetsCommand::StoreGroups {
+            term,
+            groups: vec![("g".into(), Some(stored(generation)))],
+        };
+        apply_in(&mut s, 5, &store(5, 2));
+        assert_eq!(s.stored_groups().next().map(|(_, g)| g.generation), Some(2));
+        // A deposed coordinator's proposal, committed in a later term, changes nothing.
+        apply_in(&mut s, 6, &store(5, 1));
+        assert_eq!(s.stored_groups().next().map(|(_, g)| g.generation), Some(2));
+        let forget = OffsetsCommand::StoreGroups {
+            term: 6,
+            groups: vec![("g".into(), None)],
+        };
+        apply_in(&mut s, 6, &forget);
+        assert!(!s.has_stored_group("g"));
+        apply_in(&mut s, 6, &store(6, 3));
+        apply(&mut s, &OffsetsCommand::DeleteGroup { group: "g".into() });
+        assert!(!s.has_stored_group("g"));
     }
 
     fn commit_at(group: &str, partition: i32, at_ms: i64) -> OffsetsCommand {

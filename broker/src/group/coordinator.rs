@@ -11,6 +11,13 @@
 //! and deletions are Raft proposals that answer after apply; reads come from the applied
 //! state. This node coordinates every group while it leads the offsets group.
 //!
+//! Membership is stored there too, as Kafka stores group metadata: whenever a group's
+//! durable form changes (a rebalance completed, the group emptied, a static member was
+//! replaced) it is queued and proposed in the background (`coordinator_store.rs`). A node
+//! that becomes coordinator loads the stored groups before it answers group requests
+//! (COORDINATOR_LOAD_IN_PROGRESS until then), so members of a stable group keep their
+//! assignments across a coordinator failover or restart instead of rejoining.
+//!
 //! Offsets retention, as Kafka's `offsets.retention.minutes`: a group that has had no
 //! members for `offsets_retention` (by this coordinator's clock, counted from when it first
 //! saw the group empty, so a restart or a new coordinator starts counting again) loses the
@@ -59,10 +66,12 @@ pub fn validate_group_id(group_id: &str) -> Result<(), i16> {
     }
 }
 
+/// What every group's runtime shares: counters, and the queue of groups to store.
 #[derive(Default)]
-struct Counters {
+struct Shared {
     rebalances: AtomicU64,
     commits: AtomicU64,
+    store: store::StoreQueue,
 }
 
 struct SlotInner {
@@ -72,10 +81,25 @@ struct SlotInner {
     joins: HashMap<String, oneshot::Sender<JoinResult>>,
     syncs: HashMap<String, oneshot::Sender<SyncResult>>,
     rebalances_counted: u64,
+    /// The [`Group::durable_key`] last queued for storing (or loaded).
+    stored_key: Option<u64>,
 }
 
 impl SlotInner {
-    fn deliver(&mut self, actions: Vec<Action>, counters: &Counters) {
+    fn new(group: Group) -> SlotInner {
+        SlotInner {
+            stored_key: group.durable_key(),
+            group,
+            active_at: Instant::now(),
+            joins: HashMap::new(),
+            syncs: HashMap::new(),
+            rebalances_counted: 0,
+        }
+    }
+
+    /// Answers parked requests, counts rebalances, and queues the group for storing if its
+    /// durable form changed.
+    fn deliver(&mut self, actions: Vec<Action>, counters: &Shared) {
         for action in actions {
             match action {
                 Action::Join(member, result) => {
@@ -95,6 +119,13 @@ impl SlotInner {
             .rebalances
             .fetch_add(done - self.rebalances_counted, Ordering::Relaxed);
         self.rebalances_counted = done;
+        let key = self.group.durable_key();
+        if key.is_some() && key != self.stored_key {
+            self.stored_key = key;
+            counters
+                .store
+                .queue(&self.group.group_id, self.group.durable());
+        }
     }
 }
 
@@ -129,7 +160,10 @@ pub struct Coordinator {
     groups: RwLock<HashMap<String, Arc<Slot>>>,
     raft: Raft,
     offsets: Arc<RwLock<OffsetsState>>,
-    counters: Arc<Counters>,
+    counters: Arc<Shared>,
+    /// The term of the offsets group in which this node loaded the stored groups; 0 while
+    /// it does not coordinate (or is still loading).
+    loaded_term: AtomicU64,
 }
 
 impl Coordinator {
@@ -178,16 +212,20 @@ impl Coordinator {
             groups: RwLock::new(HashMap::new()),
             raft,
             offsets,
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(Shared::default()),
+            loaded_term: AtomicU64::new(0),
         });
         tokio::spawn(retention::run_retention(Arc::downgrade(&coordinator)));
-        tokio::spawn(unload_on_leadership_change(Arc::downgrade(&coordinator)));
+        tokio::spawn(store::follow_leadership(Arc::downgrade(&coordinator)));
+        tokio::spawn(store::run_store(Arc::downgrade(&coordinator)));
         coordinator
     }
 
     /// Drops every group held in memory, answering requests parked on them with
     /// NOT_COORDINATOR so that clients look the coordinator up again.
     fn unload_groups(&self) {
+        self.loaded_term.store(0, Ordering::SeqCst);
+        self.counters.store.reset(0);
         let groups: Vec<Arc<Slot>> = self.groups.write().drain().map(|(_, s)| s).collect();
         for slot in groups {
             let mut inner = slot.inner.lock();
@@ -214,9 +252,25 @@ impl Coordinator {
 
     /// Whether this node coordinates groups now (it leads the offsets group).
     pub fn is_coordinator(&self) -> bool {
+        self.leading_term().is_some()
+    }
+
+    fn leading_term(&self) -> Option<u64> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader && m.id == self.node_id
+        (m.state == ServerState::Leader && m.id == self.node_id).then_some(m.current_term)
+    }
+
+    /// Whether this node answers group requests now: NOT_COORDINATOR if another node
+    /// coordinates, COORDINATOR_LOAD_IN_PROGRESS while it loads the stored groups.
+    pub fn ready(&self) -> Result<(), i16> {
+        match self.leading_term() {
+            None => Err(code::NOT_COORDINATOR),
+            Some(term) if self.loaded_term.load(Ordering::SeqCst) != term => {
+                Err(code::COORDINATOR_LOAD_IN_PROGRESS)
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     fn slot(&self, group_id: &str, create: bool) -> Option<Arc<Slot>> {
@@ -230,19 +284,20 @@ impl Coordinator {
         if let Some(s) = groups.get(group_id) {
             return Some(s.clone());
         }
+        let group = Group::new(group_id, self.config.clone());
+        Some(self.insert_slot(&mut groups, group))
+    }
+
+    /// Holds `group` in memory and starts its timer.
+    fn insert_slot(&self, groups: &mut HashMap<String, Arc<Slot>>, group: Group) -> Arc<Slot> {
+        let id = group.group_id.clone();
         let slot = Arc::new(Slot {
-            inner: Mutex::new(SlotInner {
-                group: Group::new(group_id, self.config.clone()),
-                active_at: Instant::now(),
-                joins: HashMap::new(),
-                syncs: HashMap::new(),
-                rebalances_counted: 0,
-            }),
+            inner: Mutex::new(SlotInner::new(group)),
             wake: Notify::new(),
         });
-        groups.insert(group_id.to_string(), slot.clone());
+        groups.insert(id, slot.clone());
         tokio::spawn(run_timer(slot.clone(), self.counters.clone()));
-        Some(slot)
+        slot
     }
 
     // ---- membership ---------------------------------------------------------------------
@@ -342,8 +397,12 @@ impl Coordinator {
         group_instance_id: Option<&str>,
         generation: i32,
     ) -> i16 {
-        if let Err(e) = self.check_group(group_id) {
-            return e;
+        match self.check_group(group_id) {
+            // As Kafka: a heartbeat that arrives while the groups load is answered blindly;
+            // the next one finds the member in its loaded group.
+            Err(code::COORDINATOR_LOAD_IN_PROGRESS) => return code::NONE,
+            Err(e) => return e,
+            Ok(()) => {}
         }
         let Some(slot) = self.slot(group_id, false) else {
             return code::UNKNOWN_MEMBER_ID;
@@ -385,10 +444,7 @@ impl Coordinator {
 
     fn check_group(&self, group_id: &str) -> Result<(), i16> {
         validate_group_id(group_id)?;
-        if !self.is_coordinator() {
-            return Err(code::NOT_COORDINATOR);
-        }
-        Ok(())
+        self.ready()
     }
 
     // ---- offsets ------------------------------------------------------------------------
@@ -546,7 +602,10 @@ impl Coordinator {
         if let Err(e) = self.check_group(group_id) {
             return futures::future::ready(Err(e)).boxed();
         }
-        let has_offsets = self.offsets.read().has_group(group_id);
+        let (has_offsets, stored) = {
+            let state = self.offsets.read();
+            (state.has_group(group_id), state.has_stored_group(group_id))
+        };
         let slot = self.slot(group_id, false);
         let outcome = match &slot {
             Some(slot) => {
@@ -567,12 +626,21 @@ impl Coordinator {
             self.groups.write().remove(group_id);
             slot.wake.notify_one();
         }
-        if !has_offsets {
+        if !has_offsets && !stored {
             return futures::future::ready(Ok(())).boxed();
         }
-        self.propose(OffsetsCommand::DeleteGroup {
+        // After any stored form of the group already queued or being proposed, so that
+        // none lands after the deletion.
+        let store = self.counters.clone();
+        let propose = self.propose(OffsetsCommand::DeleteGroup {
             group: group_id.to_string(),
-        })
+        });
+        let group_id = group_id.to_string();
+        async move {
+            let _serial = store.store.forget_pending(&group_id).await;
+            propose.await
+        }
+        .boxed()
     }
 
     /// OffsetDelete's group-level check: `Ok(subscribed topics)` of an active group (whose
@@ -736,40 +804,8 @@ fn offsets_only(group_id: &str) -> GroupSummary {
     }
 }
 
-/// Group membership lives in the coordinator's memory, valid only for one leadership of the
-/// offsets group: when this node stops leading it (or leads it again in a later term), the
-/// groups it held are unloaded, as Kafka unloads them with the offsets partition. Without
-/// this, a node that lost and regained leadership answered from stale members: static
-/// members were fenced by their own ghosts, others waited out dead sessions.
-async fn unload_on_leadership_change(coordinator: std::sync::Weak<Coordinator>) {
-    let Some(mut rx) = coordinator.upgrade().map(|c| c.raft.metrics()) else {
-        return;
-    };
-    let leading = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
-        (m.state == ServerState::Leader).then_some(m.current_term)
-    };
-    let mut was = leading(&rx.borrow_and_update());
-    loop {
-        if rx.changed().await.is_err() {
-            return;
-        }
-        let now = leading(&rx.borrow_and_update());
-        if now == was {
-            continue;
-        }
-        let Some(c) = coordinator.upgrade() else {
-            return;
-        };
-        if was.is_some() {
-            tracing::info!("no longer the group coordinator: unloading its groups");
-            c.unload_groups();
-        }
-        was = now;
-    }
-}
-
 /// Sleeps until the group's next deadline (or until a request changed it), then ticks.
-async fn run_timer(slot: Arc<Slot>, counters: Arc<Counters>) {
+async fn run_timer(slot: Arc<Slot>, counters: Arc<Shared>) {
     loop {
         let deadline = {
             let inner = slot.inner.lock();
@@ -796,3 +832,5 @@ async fn run_timer(slot: Arc<Slot>, counters: Arc<Counters>) {
 
 #[path = "coordinator_retention.rs"]
 mod retention;
+#[path = "coordinator_store.rs"]
+mod store;

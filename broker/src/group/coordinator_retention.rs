@@ -27,7 +27,7 @@ pub(super) async fn run_retention(coordinator: std::sync::Weak<Coordinator>) {
         let Some(c) = coordinator.upgrade() else {
             return;
         };
-        if c.is_coordinator() {
+        if c.ready().is_ok() {
             c.expire_idle_groups(&mut first_seen).await;
         } else {
             first_seen.clear();
@@ -118,6 +118,9 @@ impl Coordinator {
             }
             drop(groups);
             slot.wake.notify_one();
+            if self.offsets.read().has_stored_group(&id) {
+                self.counters.store.queue(&id, None);
+            }
         }
     }
 }

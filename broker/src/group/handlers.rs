@@ -420,8 +420,8 @@ impl Broker {
         if let Err(e) = validate_group_id(group_id) {
             return (e, Vec::new());
         }
-        if !self.groups.is_coordinator() {
-            return (code::NOT_COORDINATOR, Vec::new());
+        if let Err(e) = self.groups.ready() {
+            return (e, Vec::new());
         }
         match topics {
             Some(topics) => {
@@ -470,11 +470,18 @@ impl Broker {
         let mut resp = ListGroupsResponse::default();
         // Each broker lists the groups it coordinates; admin clients ask every broker and
         // merge. Only while no node coordinates (an election) is there no answer.
-        if !self.groups.is_coordinator() {
-            if self.groups.coordinator_node().is_none() {
-                resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
+        match self.groups.ready() {
+            Ok(()) => {}
+            Err(code::NOT_COORDINATOR) => {
+                if self.groups.coordinator_node().is_none() {
+                    resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
+                }
+                return ResponseKind::ListGroups(resp);
             }
-            return ResponseKind::ListGroups(resp);
+            Err(e) => {
+                resp.error_code = e;
+                return ResponseKind::ListGroups(resp);
+            }
         }
         for g in self.groups.list() {
             if !states.is_empty() && !states.contains(&g.state.name().to_lowercase()) {
@@ -506,8 +513,8 @@ impl Broker {
             if let Err(e) = validate_group_id(id) {
                 d.error_code = e;
                 d.group_state = s("Dead");
-            } else if !self.groups.is_coordinator() {
-                d.error_code = code::NOT_COORDINATOR;
+            } else if let Err(e) = self.groups.ready() {
+                d.error_code = e;
             } else {
                 match self.groups.describe(id) {
                     None => {

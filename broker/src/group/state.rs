@@ -26,6 +26,7 @@ use bytes::Bytes;
 use crate::errors::code;
 
 mod rebalance;
+mod stored;
 mod types;
 
 pub use types::*;

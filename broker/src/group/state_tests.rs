@@ -427,3 +427,89 @@ fn pending_member_ids_expire_and_do_not_block_forever() {
     assert!(g.next_deadline().is_some());
     assert_eq!(g.member_count(), 1);
 }
+
+#[test]
+fn a_stored_stable_group_is_restored_with_members_that_keep_heartbeating() {
+    let t0 = Instant::now();
+    let (g, a) = stable_one(t0);
+    let key = g.durable_key().expect("a stable group has a durable form");
+    let stored = g.durable().expect("durable form");
+    assert_eq!(stored.generation, 1);
+    assert_eq!(stored.members.len(), 1);
+
+    // A new coordinator, much later: the member gets a full session from the load.
+    let t1 = t0 + ms(600_000);
+    let mut r = Group::restore("g", config(), &stored, t1);
+    assert_eq!(r.state(), GroupStateKind::Stable);
+    assert_eq!(
+        r.durable_key(),
+        Some(key),
+        "restoring changes nothing to store"
+    );
+    assert_eq!(r.heartbeat(&a, None, 1, t1 + ms(1_000)), code::NONE);
+    assert_eq!(r.check_commit(&a, None, 1, t1 + ms(1_000)), Ok(()));
+    let sync = r.sync(&a, None, 1, None, None, Vec::new(), t1 + ms(2_000));
+    let assignment = sync.reply.expect("stable sync answers at once").assignment;
+    assert_eq!(assignment, Bytes::from("A"));
+    // A stale generation still has to rejoin.
+    assert_eq!(r.heartbeat(&a, None, 0, t1), code::ILLEGAL_GENERATION);
+
+    // A member that never comes back expires a session after the load, and the group
+    // empties; its durable form changes to Empty with the next generation.
+    assert!(r.tick(t1 + ms(SESSION_MS as u64 + 2_000)).is_empty());
+    assert_eq!(r.state(), GroupStateKind::Empty);
+    let empty = r.durable().expect("an empty group has a durable form");
+    assert!(empty.members.is_empty());
+    assert_eq!(empty.generation, 2);
+    assert_eq!(empty.protocol_type.as_deref(), Some("consumer"));
+    let e = Group::restore("g", config(), &empty, t1);
+    assert_eq!(e.state(), GroupStateKind::Empty);
+    assert_eq!(e.generation(), 2);
+    assert_eq!(e.protocol_type(), Some("consumer"));
+}
+
+#[test]
+fn only_stable_and_empty_groups_have_a_durable_form() {
+    let t0 = Instant::now();
+    let mut g = Group::new("g", config());
+    let fresh = g.durable_key();
+    assert!(fresh.is_some());
+    join_new(&mut g, t0, "a");
+    assert_eq!(g.state(), GroupStateKind::PreparingRebalance);
+    assert!(g.durable_key().is_none() && g.durable().is_none());
+    g.tick(t0 + ms(300));
+    assert_eq!(g.state(), GroupStateKind::CompletingRebalance);
+    assert!(g.durable_key().is_none());
+}
+
+#[test]
+fn a_restored_static_member_is_replaced_without_rebalance_and_the_form_changes() {
+    let t0 = Instant::now();
+    let mut g = Group::new("g", config());
+    let first = g.join(static_req("i1"), t0, "x");
+    assert!(first.reply.is_none());
+    g.tick(t0 + ms(300));
+    let id = g.members().next().expect("member").member_id.clone();
+    let sync = g.sync(
+        &id,
+        Some("i1"),
+        1,
+        None,
+        None,
+        vec![(id.clone(), Bytes::from_static(b"mine"))],
+        t0 + ms(400),
+    );
+    assert_eq!(sync.reply.expect("leader sync").error, code::NONE);
+    let stored = g.durable().expect("stable");
+
+    let mut r = Group::restore("g", config(), &stored, t0 + ms(1_000));
+    let key = r.durable_key();
+    let rejoin = r.join(static_req("i1"), t0 + ms(1_100), "y");
+    let answer = rejoin.reply.expect("static rejoin answers at once");
+    assert_eq!(answer.error, code::NONE);
+    assert_eq!(answer.generation, 1, "no rebalance");
+    assert_eq!(r.state(), GroupStateKind::Stable);
+    assert_ne!(r.durable_key(), key, "the new member id must be stored");
+    let m = r.members().next().expect("member");
+    assert_eq!(m.assignment, Bytes::from_static(b"mine"));
+}
