@@ -170,6 +170,11 @@ impl Node {
             config.incarnation.clone(),
             config.peers.clone(),
         );
+        transport.spawn_election_gate(
+            Duration::from_millis(raft_config.heartbeat_interval),
+            Duration::from_millis(raft_config.election_timeout_min),
+            Duration::from_millis(raft_config.election_timeout_max),
+        );
         if let Some(listener) = raft_listener {
             let transport = transport.clone();
             tokio::spawn(async move {

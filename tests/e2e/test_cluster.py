@@ -421,6 +421,38 @@ def test_group_members_keep_their_assignments_when_the_coordinator_dies(cluster)
             m.stop()
 
 
+def test_a_paused_node_does_not_depose_leaders_that_never_failed(cluster):
+    # openraft 0.9 has no pre-vote: a node resumed after a freeze used to campaign at once
+    # in every group it follows, and its higher term made healthy leaders step down. The
+    # election gate holds its elections until it has heard the leaders.
+    import signal
+    from cluster import metadata_v7
+    topic = "cl-pause"
+    leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
+    counts = leader_counts(leaders)
+    paused = min(cluster.live(), key=lambda n: counts[n.node_id])
+    via = next(n for n in cluster.live() if n is not paused)
+    before = metadata_v7(via.kafka_port, [topic]).topics[topic].partitions
+    kept = [p for p, pm in before.items() if pm.leader != paused.node_id]
+    assert kept
+    paused.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4)  # longer than any election timeout, shorter than the broker session
+    finally:
+        paused.proc.send_signal(signal.SIGCONT)
+    time.sleep(3)
+    cluster.wait_leaders(topic, PARTS)
+    after = metadata_v7(via.kafka_port, [topic]).topics[topic].partitions
+    changed = {p: ((before[p].leader, before[p].leader_epoch),
+                   (after[p].leader, after[p].leader_epoch))
+               for p in kept
+               if (after[p].leader, after[p].leader_epoch)
+               != (before[p].leader, before[p].leader_epoch)}
+    assert not changed, f"leaders that never failed were deposed (leader, epoch): {changed}"
+    produce_numbered(cluster, topic, 0, 600)
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 600)
+
+
 def test_a_move_to_a_node_that_is_down_waits_for_it(cluster):
     # Kafka keeps a partition's old replicas serving until the new ones have caught up.
     # A move onto a node that is down must not hand the partition to it.

@@ -11,6 +11,7 @@
 //! ([`Transport::propose`]), so a metadata change can be made through any node, and lets a
 //! node that is not a voter ask to follow the metadata group ([`Transport::join`]).
 
+mod gate;
 pub mod server;
 pub mod wire;
 
@@ -77,6 +78,7 @@ pub struct Transport {
     received: AtomicU64,
     /// When each peer last answered a call or sent one of its own (of this cluster).
     heard: RwLock<HashMap<NodeId, Instant>>,
+    gate: Mutex<gate::GateState>,
     timeout: Duration,
 }
 
@@ -97,6 +99,7 @@ impl Transport {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             heard: RwLock::new(HashMap::new()),
+            gate: Mutex::new(gate::GateState::default()),
             timeout: Duration::from_secs(5),
         })
     }
@@ -120,6 +123,7 @@ impl Transport {
 
     /// Routes incoming RPCs for `group` to `raft`.
     pub fn register(&self, group: GroupId, raft: Raft) {
+        self.forget_gate(group);
         self.groups.write().insert(group, raft);
     }
 
@@ -134,6 +138,7 @@ impl Transport {
 
     pub fn unregister(&self, group: GroupId) {
         self.groups.write().remove(&group);
+        self.forget_gate(group);
     }
 
     pub fn set_join_handler(&self, handler: JoinHandler) {
@@ -375,7 +380,10 @@ impl Transport {
             ));
         };
         match envelope.request {
-            RpcRequest::Append(rpc) => RpcReply::Append(raft.append_entries(rpc).await),
+            RpcRequest::Append(rpc) => {
+                self.heard_leader(envelope.group, &raft);
+                RpcReply::Append(raft.append_entries(rpc).await)
+            }
             RpcRequest::Vote(rpc) => RpcReply::Vote(raft.vote(rpc).await),
             RpcRequest::InstallSnapshot(rpc) => {
                 RpcReply::InstallSnapshot(raft.install_snapshot(rpc).await)
@@ -393,7 +401,13 @@ impl Transport {
                 campaign,
                 window_ms,
             } => {
-                steer(raft, campaign, Duration::from_millis(window_ms));
+                steer(
+                    self,
+                    raft,
+                    envelope.group,
+                    campaign,
+                    Duration::from_millis(window_ms),
+                );
                 RpcReply::Steered
             }
             RpcRequest::Join { .. } => RpcReply::Refused("join handled above".into()),
@@ -447,7 +461,7 @@ pub async fn hand_off(transport: &Transport, raft: &Raft, group: GroupId, to: No
     {
         return false;
     }
-    steer(raft.clone(), false, window);
+    steer(transport, raft.clone(), group, false, window);
     raft.runtime_config().heartbeat(false);
     let mut metrics = raft.metrics();
     let moved = tokio::time::timeout(window, async {
@@ -467,26 +481,23 @@ pub async fn hand_off(transport: &Transport, raft: &Raft, group: GroupId, to: No
 }
 
 /// Applies a [`RpcRequest::Steer`] locally.
-fn steer(raft: Raft, campaign: bool, window: Duration) {
+fn steer(transport: &Transport, raft: Raft, group: GroupId, campaign: bool, window: Duration) {
+    if !campaign {
+        transport.hold_elections(group, window);
+        return;
+    }
     tokio::spawn(async move {
-        if campaign {
-            let config = raft.config().clone();
-            // The old leader's lease (election_timeout_max) must run out before anyone
-            // grants a vote; try a few times within the window.
-            let wait =
-                Duration::from_millis(config.election_timeout_max + config.heartbeat_interval);
-            let deadline = tokio::time::Instant::now() + window;
-            while tokio::time::Instant::now() + wait < deadline {
-                tokio::time::sleep(wait).await;
-                if raft.metrics().borrow().state == openraft::ServerState::Leader {
-                    return;
-                }
-                let _ = raft.trigger().elect().await;
+        let config = raft.config().clone();
+        // The old leader's lease (election_timeout_max) must run out before anyone
+        // grants a vote; try a few times within the window.
+        let wait = Duration::from_millis(config.election_timeout_max + config.heartbeat_interval);
+        let deadline = tokio::time::Instant::now() + window;
+        while tokio::time::Instant::now() + wait < deadline {
+            tokio::time::sleep(wait).await;
+            if raft.metrics().borrow().state == openraft::ServerState::Leader {
+                return;
             }
-        } else {
-            raft.runtime_config().elect(false);
-            tokio::time::sleep(window).await;
-            raft.runtime_config().elect(true);
+            let _ = raft.trigger().elect().await;
         }
     });
 }

@@ -1,0 +1,120 @@
+//! The election gate: a stand-in for Raft's pre-vote, which openraft 0.9 lacks.
+//!
+//! Without pre-vote, a follower that was frozen (SIGSTOP, a stalled VM, a long swap) finds
+//! its election timer long expired when it resumes and campaigns at once in a higher term,
+//! before it has even read the heartbeats waiting for it. It cannot win (the others still
+//! hear their leader), but its higher term makes the healthy leader step down: every group
+//! the node belongs to stalls for an election, for nothing.
+//!
+//! So a follower's elections are switched off while it hears its leader (an AppendEntries
+//! for that group within the minimum election timeout), and switched on only once the
+//! leader has been silent that long, which is before openraft's own timer (leader lease
+//! plus election timeout) would fire anyway. When the gate itself finds it was not run for
+//! longer than that, the process was frozen: every group holds its elections for two
+//! maximum election timeouts, time enough for a live leader's heartbeats to arrive. A
+//! leadership hand-off holds the other voters' elections the same way
+//! ([`Transport::hold_elections`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+
+use super::Transport;
+use crate::types::GroupId;
+
+impl Transport {
+    /// Notes an AppendEntries for `group`: its leader is alive and reaches us, so this
+    /// node must not campaign. The switch is turned off here, not at the gate's next round,
+    /// so that a freeze right after the first heartbeat of a new group finds it off.
+    pub(super) fn heard_leader(&self, group: GroupId, raft: &crate::types::Raft) {
+        let mut gate = self.gate.lock();
+        gate.heard.insert(group, Instant::now());
+        if gate.allowed.insert(group, false) != Some(false) {
+            raft.runtime_config().elect(false);
+        }
+    }
+
+    /// Drops what the gate knows of `group` (its Raft instance came or went).
+    pub(super) fn forget_gate(&self, group: GroupId) {
+        let mut gate = self.gate.lock();
+        gate.heard.remove(&group);
+        gate.held.remove(&group);
+        gate.allowed.remove(&group);
+    }
+
+    /// Keeps this node from campaigning in `group` for `window`.
+    pub(super) fn hold_elections(&self, group: GroupId, window: Duration) {
+        let until = Instant::now() + window;
+        let mut gate = self.gate.lock();
+        let held = gate.held.entry(group).or_insert(until);
+        *held = (*held).max(until);
+    }
+
+    /// Runs the election gate over every registered group, every heartbeat interval,
+    /// until the transport is dropped.
+    pub fn spawn_election_gate(
+        self: &Arc<Self>,
+        heartbeat: Duration,
+        min: Duration,
+        max: Duration,
+    ) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let tick = heartbeat.max(Duration::from_millis(10));
+            let mut last = Instant::now();
+            let mut frozen_until = last;
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(transport) = weak.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                if now.duration_since(last) > min.max(tick * 3) {
+                    tracing::warn!(
+                        paused_ms = now.duration_since(last).as_millis() as u64,
+                        "this process was not running: holding elections until the leaders are heard"
+                    );
+                    frozen_until = now + max * 2;
+                }
+                last = now;
+                transport.apply_gate(now, min, now < frozen_until);
+            }
+        });
+    }
+
+    fn apply_gate(&self, now: Instant, min: Duration, frozen: bool) {
+        let groups: Vec<(GroupId, crate::types::Raft)> = self
+            .groups
+            .read()
+            .iter()
+            .map(|(g, r)| (*g, r.clone()))
+            .collect();
+        let mut gate = self.gate.lock();
+        gate.held.retain(|_, until| *until > now);
+        for (group, raft) in groups {
+            let follower = raft.metrics().borrow().state == ServerState::Follower;
+            let hears_leader = gate
+                .heard
+                .get(&group)
+                .is_some_and(|at| now.duration_since(*at) < min);
+            let hold = frozen || gate.held.contains_key(&group) || (follower && hears_leader);
+            let allow = !hold;
+            if gate.allowed.get(&group) != Some(&allow) {
+                gate.allowed.insert(group, allow);
+                raft.runtime_config().elect(allow);
+            }
+        }
+    }
+}
+
+/// What the gate knows per group.
+#[derive(Default)]
+pub(super) struct GateState {
+    /// When an AppendEntries for the group last arrived.
+    heard: std::collections::HashMap<GroupId, Instant>,
+    /// Elections held until then (a leadership hand-off).
+    held: std::collections::HashMap<GroupId, Instant>,
+    /// What the gate last set each group's election switch to.
+    allowed: std::collections::HashMap<GroupId, bool>,
+}
