@@ -375,26 +375,15 @@ def test_admin_commands_work_through_any_node(cluster):
 def test_group_members_keep_their_assignments_when_the_coordinator_dies(cluster):
     # Membership is stored in the offsets Raft group: the next coordinator loads the stable
     # group, and its members carry on heartbeating (no rebalance, nothing redelivered).
-    from test_groups import ConfluentMember, Tracker, produce_keys, spread
+    from test_groups import CarryOn
     topic, group = "cl-members", "cl-members-g"
     cluster.create_topic(topic, 4, replication_factor=3)
-    tracker = Tracker()
-    conf = {"session.timeout.ms": 30000}
-    members = [ConfluentMember(cluster, group, topic, tracker, n, conf=conf)
-               for n in ("m1", "m2")]
-    for m in members:
-        m.start()
-    try:
-        wait_until(lambda: spread(tracker, ["m1", "m2"], 4), timeout=30, what="two members")
-        produce_keys(cluster, topic, 0, 2000)
-        wait_until(lambda: tracker.total() >= 2000, timeout=30, what="first 2000 processed")
-        owners, assigned = tracker.owners(), dict(tracker.assigned_events)
+    with CarryOn(cluster, topic, group, session_ms=30000) as group_run:
         admin = cluster.admin()
         coordinator = admin.describe_consumer_groups([group])[group].result(15).coordinator.id
 
         cluster.nodes[coordinator].kill9()
         cluster.wait_leaders(topic, 4, exclude={coordinator})
-
         seen = []
 
         def loaded():
@@ -408,17 +397,7 @@ def test_group_members_keep_their_assignments_when_the_coordinator_dies(cluster)
                 and len(d.members) == 2
         wait_until(loaded, timeout=30, what="a new coordinator with the stable group",
                    detail=lambda: seen[-3:])
-
-        produce_keys(cluster, topic, 2000, 4000)
-        wait_until(lambda: tracker.total() >= 4000, timeout=60, what="next 2000 processed")
-        time.sleep(2)
-        assert tracker.owners() == owners
-        assert tracker.assigned_events == assigned, "members were assigned again"
-        dupes = [k for k, n in tracker.processed.items() if n > 1]
-        assert not dupes, f"redelivered: {dupes[:5]}"
-    finally:
-        for m in members:
-            m.stop()
+        group_run.check()
 
 
 def test_a_paused_node_does_not_depose_leaders_that_never_failed(cluster):

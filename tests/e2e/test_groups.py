@@ -350,46 +350,62 @@ def describe(broker, group):
     return broker.admin().describe_consumer_groups([group], request_timeout=10)[group].result(10)
 
 
+class CarryOn:
+    """Two confluent members of `group` on the 4-partition `topic`, stable, with 2000
+    records processed; after something happens to the brokers, `check()` has the next
+    2000 processed with no reassignment, no revocation and nothing redelivered. The
+    members' session (client side too: librdkafka rejoins on its own when its heartbeats
+    fail for a whole session) must span the event."""
+
+    def __init__(self, target, topic, group, session_ms):
+        self.target, self.topic = target, topic
+        self.tracker = Tracker()
+        conf = {"session.timeout.ms": session_ms}
+        self.members = [ConfluentMember(target, group, topic, self.tracker, n, conf=conf)
+                        for n in ("m1", "m2")]
+
+    def __enter__(self):
+        for m in self.members:
+            m.start()
+        t = self.tracker
+        wait_until(lambda: spread(t, ["m1", "m2"], 4), timeout=30, what="two members")
+        produce_keys(self.target, self.topic, 0, 2000)
+        wait_until(lambda: t.total() >= 2000, timeout=30, what="first 2000 processed")
+        self.owners, self.assigned = t.owners(), dict(t.assigned_events)
+        self.revoked = {n: len(v) for n, v in t.revoked.items()}
+        return self
+
+    def check(self):
+        t = self.tracker
+        produce_keys(self.target, self.topic, 2000, 4000)
+        wait_until(lambda: t.total() >= 4000, timeout=60, what="next 2000 processed")
+        time.sleep(2)
+        assert t.owners() == self.owners
+        assert t.assigned_events == self.assigned, "members were assigned again"
+        assert {n: len(v) for n, v in t.revoked.items()} == self.revoked
+        dupes = [k for k, n in t.processed.items() if n > 1]
+        assert not dupes, f"redelivered: {dupes[:5]}"
+        assert t.total() == 4000
+
+    def __exit__(self, *exc):
+        for m in self.members:
+            m.stop()
+
+
 def test_members_keep_their_assignments_across_a_broker_kill9(broker):
     """Membership is stored with the offsets: after a kill -9 and restart the broker loads
     the stable group, and its members carry on heartbeating with their assignments (no
     rebalance, nothing redelivered), as Kafka's coordinator loads group metadata."""
     topic, group = "restart-members", "g-restart"
     broker.create_topic(topic, partitions=4)
-    tracker = Tracker()
-    # A client-side session long enough to span the restart (librdkafka rejoins on its own
-    # when its heartbeats fail for a whole session).
-    conf = {"session.timeout.ms": 20000}
-    members = [ConfluentMember(broker, group, topic, tracker, n, conf=conf) for n in ("r1", "r2")]
-    for m in members:
-        m.start()
-    try:
-        wait_until(lambda: spread(tracker, ["r1", "r2"], 4), timeout=30, what="two members")
-        produce_keys(broker, topic, 0, 2000)
-        wait_until(lambda: tracker.total() >= 2000, timeout=30, what="first 2000 processed")
-        owners = tracker.owners()
-        assigned = dict(tracker.assigned_events)
-        revoked = {n: len(v) for n, v in tracker.revoked.items()}
-
+    with CarryOn(broker, topic, group, session_ms=20000) as group_run:
         broker.kill9()
         broker.start()
         d = describe(broker, group)
         assert d.state.name == "STABLE", "the stored group was loaded"
         assert len(d.members) == 2
         assert all(m.assignment.topic_partitions for m in d.members)
-
-        produce_keys(broker, topic, 2000, 4000)
-        wait_until(lambda: tracker.total() >= 4000, timeout=30, what="next 2000 processed")
-        time.sleep(2)
-        assert tracker.owners() == owners
-        assert tracker.assigned_events == assigned, "members were assigned again"
-        assert {n: len(v) for n, v in tracker.revoked.items()} == revoked
-        dupes = [k for k, n in tracker.processed.items() if n > 1]
-        assert not dupes, f"redelivered: {dupes[:5]}"
-        assert tracker.total() == 4000
-    finally:
-        for m in members:
-            m.stop()
+        group_run.check()
 
 
 def test_committed_offsets_survive_kill9(broker):
