@@ -542,6 +542,33 @@ pub fn leader_of(raft: &Raft) -> Option<NodeId> {
     }
 }
 
+/// The term in which this node leads the group, if it leads it now.
+pub fn leading_term(raft: &Raft) -> Option<u64> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    (m.state == ServerState::Leader).then_some(m.current_term)
+}
+
+/// Returns once this node no longer leads the group in `term` (it stepped down, or leads
+/// a later term). A write proposed in `term` that has not answered by then may never
+/// answer: a deposed leader's uncommitted entries wait until the next leader's log
+/// overwrites them, so callers answer "not leader" instead of waiting for their timeout,
+/// as Kafka completes a deposed leader's delayed produces.
+pub async fn deposed(raft: &Raft, term: u64) {
+    let mut rx = raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if m.state != ServerState::Leader || m.current_term != term {
+                return;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Waits until the group has a leader (any node) and returns its id; `None` on timeout.
 pub async fn wait_leader(raft: &Raft, timeout: Duration) -> Option<NodeId> {
     let mut rx = raft.metrics();

@@ -84,8 +84,9 @@ pub enum OffsetsCommand {
     /// members for the retention period; an offset committed since it decided is kept.
     Expire { groups: Vec<String>, before_ms: i64 },
     /// Stores (or, with `None`, forgets) the membership of groups, as the coordinator that
-    /// led the offsets group in `term` saw it. Applied only from an entry of that same term:
-    /// a deposed coordinator's late proposal, committed by a later leader, changes nothing.
+    /// led the offsets group in `term` decided it. Applied only from an entry of that same
+    /// term: a batch decided in one term whose proposal reaches the log only after its
+    /// node was elected again (having unloaded and reloaded its groups) changes nothing.
     StoreGroups {
         term: u64,
         groups: Vec<(String, Option<StoredGroup>)>,

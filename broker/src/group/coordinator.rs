@@ -224,9 +224,12 @@ impl Coordinator {
     /// Drops every group held in memory, answering requests parked on them with
     /// NOT_COORDINATOR so that clients look the coordinator up again.
     fn unload_groups(&self) {
-        self.loaded_term.store(0, Ordering::SeqCst);
-        self.counters.store.reset(0);
-        let groups: Vec<Arc<Slot>> = self.groups.write().drain().map(|(_, s)| s).collect();
+        let groups: Vec<Arc<Slot>> = {
+            let mut held = self.groups.write();
+            self.loaded_term.store(0, Ordering::SeqCst);
+            self.counters.store.reset(0);
+            held.drain().map(|(_, s)| s).collect()
+        };
         for slot in groups {
             let mut inner = slot.inner.lock();
             inner.group.unload();
@@ -510,10 +513,24 @@ impl Coordinator {
         .boxed()
     }
 
+    /// Proposes `cmd` and answers once it is applied, or NOT_COORDINATOR as soon as this
+    /// node stops leading the offsets group in the term it proposed in (a deposed leader's
+    /// uncommitted entry may never answer).
     fn propose(&self, cmd: OffsetsCommand) -> BoxFuture<'static, Result<(), i16>> {
         let raft = self.raft.clone();
         async move {
-            match raft.client_write(encode_command(&cmd)).await {
+            let Some(term) = chronik_bootstrap::leading_term(&raft) else {
+                return Err(code::NOT_COORDINATOR);
+            };
+            let write = tokio::select! {
+                biased;
+                w = raft.client_write(encode_command(&cmd)) => w,
+                _ = chronik_bootstrap::deposed(&raft, term) => {
+                    tracing::warn!("offsets proposal abandoned: no longer the coordinator");
+                    return Err(code::NOT_COORDINATOR);
+                }
+            };
+            match write {
                 Ok(resp) => match decode_response(&resp.data) {
                     OffsetsResponse::Ok => Ok(()),
                     OffsetsResponse::Malformed(why) => {

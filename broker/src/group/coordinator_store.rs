@@ -98,19 +98,19 @@ pub(super) async fn run_store(coordinator: std::sync::Weak<Coordinator>) {
 /// Follows this node's leadership of the offsets group. When it stops leading (or leads
 /// again in a later term) its groups are unloaded, as Kafka unloads them with the offsets
 /// partition: a node that lost and regained leadership must not answer from stale members.
-/// When it starts leading in a term, it waits until that term's first entry is applied (so
-/// every earlier store is in the state) and loads the stored groups.
+/// When it starts leading in a term, it loads the stored groups once that term's first
+/// entry is applied (so every earlier store is in the state) and a quorum has confirmed
+/// its leadership: a node restarted with a leader's saved vote believes it leads for a
+/// moment, on old state, until a peer tells it of the later term.
 pub(super) async fn follow_leadership(coordinator: std::sync::Weak<Coordinator>) {
     let Some(mut rx) = coordinator.upgrade().map(|c| c.raft.metrics()) else {
         return;
     };
     let mut was: Option<u64> = None;
-    let mut loading: Option<u64> = None;
     loop {
-        let (now, applied_term) = {
+        let now = {
             let m = rx.borrow_and_update();
-            let leading = (m.state == ServerState::Leader).then_some(m.current_term);
-            (leading, m.last_applied.map(|l| l.leader_id.term))
+            (m.state == ServerState::Leader).then_some(m.current_term)
         };
         let Some(c) = coordinator.upgrade() else {
             return;
@@ -121,12 +121,8 @@ pub(super) async fn follow_leadership(coordinator: std::sync::Weak<Coordinator>)
                 c.unload_groups();
             }
             was = now;
-            loading = now;
-        }
-        if let Some(term) = loading {
-            if applied_term.is_some_and(|t| t >= term) {
-                c.load_groups(term);
-                loading = None;
+            if let Some(term) = now {
+                tokio::spawn(load_when_confirmed(coordinator.clone(), term));
             }
         }
         drop(c);
@@ -136,10 +132,53 @@ pub(super) async fn follow_leadership(coordinator: std::sync::Weak<Coordinator>)
     }
 }
 
+/// Loads the stored groups for coordinator term `term` (see [`follow_leadership`]); gives
+/// up once this node no longer leads in that term.
+async fn load_when_confirmed(coordinator: std::sync::Weak<Coordinator>, term: u64) {
+    let Some(raft) = coordinator.upgrade().map(|c| c.raft.clone()) else {
+        return;
+    };
+    let mut rx = raft.metrics();
+    loop {
+        let (leading, applied_term) = {
+            let m = rx.borrow_and_update();
+            (
+                m.state == ServerState::Leader && m.current_term == term,
+                m.last_applied.map(|l| l.leader_id.term),
+            )
+        };
+        if !leading {
+            return;
+        }
+        if applied_term.is_some_and(|t| t >= term) {
+            match raft.ensure_linearizable().await {
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::info!(%err, term, "group coordinator leadership not confirmed yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+    if let Some(c) = coordinator.upgrade() {
+        c.load_groups(term);
+    }
+}
+
 impl Coordinator {
     /// Holds every stored group in memory, as this node's coordinator term `term` begins.
+    /// Checked and done under the groups lock, which unloading also takes: a term lost
+    /// meanwhile is either seen here (nothing is loaded) or unloaded after.
     fn load_groups(&self, term: u64) {
         let now = Instant::now();
+        let mut groups = self.groups.write();
+        if chronik_bootstrap::leading_term(&self.raft) != Some(term) {
+            return;
+        }
         let stored: Vec<(String, StoredGroup)> = self
             .offsets
             .read()
@@ -147,15 +186,13 @@ impl Coordinator {
             .map(|(id, g)| (id.clone(), g.clone()))
             .collect();
         let n = stored.len();
-        {
-            let mut groups = self.groups.write();
-            for (id, g) in stored {
-                let group = Group::restore(id, self.config.clone(), &g, now);
-                self.insert_slot(&mut groups, group);
-            }
+        for (id, g) in stored {
+            let group = Group::restore(id, self.config.clone(), &g, now);
+            self.insert_slot(&mut groups, group);
         }
         self.counters.store.reset(term);
         self.loaded_term.store(term, Ordering::SeqCst);
+        drop(groups);
         tracing::info!(groups = n, term, "group coordinator loaded its groups");
     }
 }

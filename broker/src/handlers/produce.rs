@@ -24,7 +24,8 @@ type Receiver = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult
 
 enum Pending {
     Done(i16, Option<String>),
-    Proposed(Receiver),
+    /// Proposed by this node as the group's leader in the given term.
+    Proposed(Receiver, chronik_metastore::types::Raft, u64),
 }
 
 impl Broker {
@@ -69,8 +70,18 @@ impl Broker {
                     r.log_start_offset = -1;
                     let (error, message) = match p {
                         Pending::Done(e, m) => (e, m),
-                        Pending::Proposed(rx) => match tokio::time::timeout(timeout, rx).await {
-                            Err(_) => (code::REQUEST_TIMED_OUT, None),
+                        Pending::Proposed(rx, raft, term) => match tokio::select! {
+                            biased;
+                            r = tokio::time::timeout(timeout, rx) => r.map_err(|_| false),
+                            _ = chronik_bootstrap::deposed(&raft, term) => Err(true),
+                        } {
+                            Err(false) => (code::REQUEST_TIMED_OUT, None),
+                            // The write may still commit under the next leader; an
+                            // idempotent producer's retry is then a duplicate it accepts.
+                            Err(true) => (
+                                code::NOT_LEADER_OR_FOLLOWER,
+                                Some("this node stopped leading the partition".into()),
+                            ),
                             Ok(Err(_)) => (
                                 code::NOT_LEADER_OR_FOLLOWER,
                                 Some("partition stopped".into()),
@@ -183,12 +194,15 @@ impl Broker {
         // refresh replaces this with the exact sum, dropping what failed to append.)
         let untiered = partition.log.read().untiered_bytes();
         self.tier.note_appended(records.len() as u64, untiered);
+        let Some(term) = chronik_bootstrap::leading_term(&partition.raft) else {
+            return Pending::Done(code::NOT_LEADER_OR_FOLLOWER, None);
+        };
         match partition
             .raft
             .client_write_ff(append_command(records))
             .await
         {
-            Ok(rx) => Pending::Proposed(rx),
+            Ok(rx) => Pending::Proposed(rx, partition.raft.clone(), term),
             Err(e) => Pending::Done(code::NOT_LEADER_OR_FOLLOWER, Some(e.to_string())),
         }
     }
