@@ -26,7 +26,6 @@
 //! that was ever used.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,7 +33,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use openraft::ServerState;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, Notify};
 
@@ -50,7 +48,6 @@ use super::state::{
     Action, Group, GroupConfig, GroupStateKind, JoinRequest, JoinResult, LeaveResult, SyncResult,
 };
 use crate::errors::code;
-use crate::partition::Registry;
 
 /// Longest group id accepted.
 pub const GROUP_ID_MAX_LEN: usize = 255;
@@ -99,7 +96,7 @@ impl SlotInner {
 
     /// Answers parked requests, counts rebalances, and queues the group for storing if its
     /// durable form changed.
-    fn deliver(&mut self, actions: Vec<Action>, counters: &Shared) {
+    fn deliver(&mut self, actions: Vec<Action>, shared: &Shared) {
         for action in actions {
             match action {
                 Action::Join(member, result) => {
@@ -115,14 +112,14 @@ impl SlotInner {
             }
         }
         let done = self.group.rebalances();
-        counters
+        shared
             .rebalances
             .fetch_add(done - self.rebalances_counted, Ordering::Relaxed);
         self.rebalances_counted = done;
         let key = self.group.durable_key();
         if key.is_some() && key != self.stored_key {
             self.stored_key = key;
-            counters
+            shared
                 .store
                 .queue(&self.group.group_id, self.group.durable());
         }
@@ -160,7 +157,7 @@ pub struct Coordinator {
     groups: RwLock<HashMap<String, Arc<Slot>>>,
     raft: Raft,
     offsets: Arc<RwLock<OffsetsState>>,
-    counters: Arc<Shared>,
+    shared: Arc<Shared>,
     /// The term of the offsets group in which this node loaded the stored groups; 0 while
     /// it does not coordinate (or is still loading).
     loaded_term: AtomicU64,
@@ -212,7 +209,7 @@ impl Coordinator {
             groups: RwLock::new(HashMap::new()),
             raft,
             offsets,
-            counters: Arc::new(Shared::default()),
+            shared: Arc::new(Shared::default()),
             loaded_term: AtomicU64::new(0),
         });
         tokio::spawn(retention::run_retention(Arc::downgrade(&coordinator)));
@@ -227,7 +224,7 @@ impl Coordinator {
         let groups: Vec<Arc<Slot>> = {
             let mut held = self.groups.write();
             self.loaded_term.store(0, Ordering::SeqCst);
-            self.counters.store.reset(0);
+            self.shared.store.reset(0);
             held.drain().map(|(_, s)| s).collect()
         };
         for slot in groups {
@@ -255,19 +252,13 @@ impl Coordinator {
 
     /// Whether this node coordinates groups now (it leads the offsets group).
     pub fn is_coordinator(&self) -> bool {
-        self.leading_term().is_some()
-    }
-
-    fn leading_term(&self) -> Option<u64> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        (m.state == ServerState::Leader && m.id == self.node_id).then_some(m.current_term)
+        chronik_bootstrap::leading_term(&self.raft).is_some()
     }
 
     /// Whether this node answers group requests now: NOT_COORDINATOR if another node
     /// coordinates, COORDINATOR_LOAD_IN_PROGRESS while it loads the stored groups.
     pub fn ready(&self) -> Result<(), i16> {
-        match self.leading_term() {
+        match chronik_bootstrap::leading_term(&self.raft) {
             None => Err(code::NOT_COORDINATOR),
             Some(term) if self.loaded_term.load(Ordering::SeqCst) != term => {
                 Err(code::COORDINATOR_LOAD_IN_PROGRESS)
@@ -299,7 +290,7 @@ impl Coordinator {
             wake: Notify::new(),
         });
         groups.insert(id, slot.clone());
-        tokio::spawn(run_timer(slot.clone(), self.counters.clone()));
+        tokio::spawn(run_timer(slot.clone(), self.shared.clone()));
         slot
     }
 
@@ -326,7 +317,7 @@ impl Coordinator {
             inner.joins.insert(member.clone(), tx);
             (member, rx)
         });
-        inner.deliver(outcome.actions, &self.counters);
+        inner.deliver(outcome.actions, &self.shared);
         drop(inner);
         slot.wake.notify_one();
         match (outcome.reply, parked) {
@@ -377,7 +368,7 @@ impl Coordinator {
             inner.syncs.insert(member, tx);
             rx
         });
-        inner.deliver(outcome.actions, &self.counters);
+        inner.deliver(outcome.actions, &self.shared);
         drop(inner);
         slot.wake.notify_one();
         match (outcome.reply, parked) {
@@ -437,7 +428,7 @@ impl Coordinator {
         let mut results = Vec::with_capacity(members.len());
         for (member_id, instance) in members {
             let (r, actions) = inner.group.leave(&member_id, instance.as_deref(), now);
-            inner.deliver(actions, &self.counters);
+            inner.deliver(actions, &self.shared);
             results.push(r);
         }
         drop(inner);
@@ -503,11 +494,11 @@ impl Coordinator {
                 )
                 .collect(),
         };
-        let counters = self.counters.clone();
+        let shared = self.shared.clone();
         let propose = self.propose(cmd);
         async move {
             propose.await?;
-            counters.commits.fetch_add(1, Ordering::Relaxed);
+            shared.commits.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
         .boxed()
@@ -648,13 +639,13 @@ impl Coordinator {
         }
         // After any stored form of the group already queued or being proposed, so that
         // none lands after the deletion.
-        let store = self.counters.clone();
+        let shared = self.shared.clone();
         let propose = self.propose(OffsetsCommand::DeleteGroup {
             group: group_id.to_string(),
         });
         let group_id = group_id.to_string();
         async move {
-            let _serial = store.store.forget_pending(&group_id).await;
+            let _serial = shared.store.forget_pending(&group_id).await;
             propose.await
         }
         .boxed()
@@ -706,76 +697,6 @@ impl Coordinator {
             partitions,
         })
     }
-
-    // ---- metrics ------------------------------------------------------------------------
-
-    /// Prometheus text for groups, members, rebalances, commits and consumer lag (computed
-    /// now from committed offsets and high watermarks).
-    pub fn render_metrics(&self, partitions: &Registry) -> String {
-        let groups = self.list();
-        let mut out = String::new();
-        let _ = writeln!(out, "# TYPE chronik_group_count gauge");
-        let _ = writeln!(out, "chronik_group_count {}", groups.len());
-        let _ = writeln!(out, "# TYPE chronik_group_members gauge");
-        for g in &groups {
-            let _ = writeln!(
-                out,
-                "chronik_group_members{{group=\"{}\",state=\"{}\"}} {}",
-                escape(&g.group_id),
-                g.state.name(),
-                g.members.len()
-            );
-        }
-        let _ = writeln!(out, "# TYPE chronik_group_rebalances_total counter");
-        let _ = writeln!(
-            out,
-            "chronik_group_rebalances_total {}",
-            self.counters.rebalances.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE chronik_group_offset_commits_total counter");
-        let _ = writeln!(
-            out,
-            "chronik_group_offset_commits_total {}",
-            self.counters.commits.load(Ordering::Relaxed)
-        );
-        let committed: Vec<(String, String, i32, i64)> = {
-            let state = self.offsets.read();
-            state
-                .groups()
-                .flat_map(|(g, topics)| {
-                    topics.iter().flat_map(move |(t, parts)| {
-                        parts
-                            .iter()
-                            .map(move |(p, c)| (g.clone(), t.clone(), *p, c.offset))
-                    })
-                })
-                .collect()
-        };
-        // Each partition's lag is reported by its leader only, so that summing the metric
-        // over the cluster's nodes counts every partition once.
-        let _ = writeln!(out, "# TYPE chronik_consumer_lag gauge");
-        for (g, t, p, offset) in committed {
-            let Some(part) = partitions.get(&t, p).filter(|p| p.is_leader(self.node_id)) else {
-                continue;
-            };
-            let hwm = part.log.read().high_watermark();
-            let _ = writeln!(
-                out,
-                "chronik_consumer_lag{{group=\"{}\",topic=\"{}\",partition=\"{p}\"}} {}",
-                escape(&g),
-                escape(&t),
-                (hwm - offset).max(0)
-            );
-        }
-        out
-    }
-}
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn summarize(g: &Group) -> GroupSummary {
@@ -822,7 +743,7 @@ fn offsets_only(group_id: &str) -> GroupSummary {
 }
 
 /// Sleeps until the group's next deadline (or until a request changed it), then ticks.
-async fn run_timer(slot: Arc<Slot>, counters: Arc<Shared>) {
+async fn run_timer(slot: Arc<Slot>, shared: Arc<Shared>) {
     loop {
         let deadline = {
             let inner = slot.inner.lock();
@@ -837,7 +758,7 @@ async fn run_timer(slot: Arc<Slot>, counters: Arc<Shared>) {
                     _ = tokio::time::sleep_until(at.into()) => {
                         let mut inner = slot.inner.lock();
                         let actions = inner.group.tick(Instant::now());
-                        inner.deliver(actions, &counters);
+                        inner.deliver(actions, &shared);
                     }
                     _ = slot.wake.notified() => {}
                 }
@@ -847,6 +768,8 @@ async fn run_timer(slot: Arc<Slot>, counters: Arc<Shared>) {
     }
 }
 
+#[path = "coordinator_metrics.rs"]
+mod metrics;
 #[path = "coordinator_retention.rs"]
 mod retention;
 #[path = "coordinator_store.rs"]

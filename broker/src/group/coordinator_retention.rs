@@ -119,7 +119,7 @@ impl Coordinator {
             drop(groups);
             slot.wake.notify_one();
             if self.offsets.read().has_stored_group(&id) {
-                self.counters.store.queue(&id, None);
+                self.shared.store.queue(&id, None);
             }
         }
     }

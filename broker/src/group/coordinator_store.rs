@@ -73,7 +73,7 @@ impl StoreQueue {
 /// that fails (this node lost leadership) is dropped: the next coordinator works from what
 /// was stored before it, and its members' stale generations make them rejoin.
 pub(super) async fn run_store(coordinator: std::sync::Weak<Coordinator>) {
-    let Some(shared) = coordinator.upgrade().map(|c| c.counters.clone()) else {
+    let Some(shared) = coordinator.upgrade().map(|c| c.shared.clone()) else {
         return;
     };
     loop {
@@ -190,7 +190,7 @@ impl Coordinator {
             let group = Group::restore(id, self.config.clone(), &g, now);
             self.insert_slot(&mut groups, group);
         }
-        self.counters.store.reset(term);
+        self.shared.store.reset(term);
         self.loaded_term.store(term, Ordering::SeqCst);
         drop(groups);
         tracing::info!(groups = n, term, "group coordinator loaded its groups");
