@@ -569,6 +569,34 @@ pub async fn deposed(raft: &Raft, term: u64) {
     }
 }
 
+/// Why [`write_as_leader`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderWriteError {
+    #[error("this node does not lead the group")]
+    NotLeader,
+    #[error("this node stopped leading the group before the entry committed")]
+    Deposed,
+    #[error(transparent)]
+    Raft(Box<RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>>),
+}
+
+/// Proposes `cmd` as the group's leader and waits until it is applied, or until this node
+/// stops leading in the term it proposed in (see [`deposed`]).
+pub async fn write_as_leader(
+    raft: &Raft,
+    cmd: chronik_metastore::types::Command,
+) -> Result<
+    openraft::raft::ClientWriteResponse<chronik_metastore::types::TypeConfig>,
+    LeaderWriteError,
+> {
+    let term = leading_term(raft).ok_or(LeaderWriteError::NotLeader)?;
+    tokio::select! {
+        biased;
+        w = raft.client_write(cmd) => w.map_err(|e| LeaderWriteError::Raft(Box::new(e))),
+        _ = deposed(raft, term) => Err(LeaderWriteError::Deposed),
+    }
+}
+
 /// Waits until the group has a leader (any node) and returns its id; `None` on timeout.
 pub async fn wait_leader(raft: &Raft, timeout: Duration) -> Option<NodeId> {
     let mut rx = raft.metrics();

@@ -510,18 +510,7 @@ impl Coordinator {
     fn propose(&self, cmd: OffsetsCommand) -> BoxFuture<'static, Result<(), i16>> {
         let raft = self.raft.clone();
         async move {
-            let Some(term) = chronik_bootstrap::leading_term(&raft) else {
-                return Err(code::NOT_COORDINATOR);
-            };
-            let write = tokio::select! {
-                biased;
-                w = raft.client_write(encode_command(&cmd)) => w,
-                _ = chronik_bootstrap::deposed(&raft, term) => {
-                    tracing::warn!("offsets proposal abandoned: no longer the coordinator");
-                    return Err(code::NOT_COORDINATOR);
-                }
-            };
-            match write {
+            match chronik_bootstrap::write_as_leader(&raft, encode_command(&cmd)).await {
                 Ok(resp) => match decode_response(&resp.data) {
                     OffsetsResponse::Ok => Ok(()),
                     OffsetsResponse::Malformed(why) => {
@@ -529,6 +518,11 @@ impl Coordinator {
                         Err(code::UNKNOWN_SERVER_ERROR)
                     }
                 },
+                Err(chronik_bootstrap::LeaderWriteError::NotLeader) => Err(code::NOT_COORDINATOR),
+                Err(chronik_bootstrap::LeaderWriteError::Deposed) => {
+                    tracing::warn!("offsets proposal abandoned: no longer the coordinator");
+                    Err(code::NOT_COORDINATOR)
+                }
                 Err(err) => {
                     tracing::warn!(%err, "offsets proposal failed");
                     Err(code::NOT_COORDINATOR)

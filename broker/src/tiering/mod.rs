@@ -163,8 +163,9 @@ pub struct Tier {
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Proposes `cmd` on the partition's group and waits for it to commit, at most
-/// [`COMMIT_TIMEOUT`], and only while this node leads the group. A leader that cannot reach a quorum keeps its proposals pending;
-/// without a bound, one such proposal held the node's whole tiering loop (every partition,
+/// [`COMMIT_TIMEOUT`], and only while this node leads the group. A leader that cannot
+/// reach a quorum keeps its proposals pending; without a bound, one such proposal held the
+/// node's whole tiering loop (every partition,
 /// and with it produce, once the untiered limit was reached). An entry that commits after
 /// the timeout is harmless: every command tiering proposes is checked against the state it
 /// applies to, and a repeat is refused.
@@ -172,21 +173,18 @@ pub(super) async fn commit(
     p: &Partition,
     cmd: chronik_metastore::types::Command,
 ) -> Result<openraft::raft::ClientWriteResponse<chronik_metastore::types::TypeConfig>, String> {
-    let Some(term) = chronik_bootstrap::leading_term(&p.raft) else {
-        return Err("not the partition's leader".into());
-    };
-    let write = tokio::time::timeout(COMMIT_TIMEOUT, p.raft.client_write(cmd));
-    tokio::select! {
-        biased;
-        r = write => match r {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "not committed within {COMMIT_TIMEOUT:?} (no quorum for the partition's Raft group?)"
-            )),
-        },
-        _ = chronik_bootstrap::deposed(&p.raft, term) => {
+    use chronik_bootstrap::LeaderWriteError;
+    let write = chronik_bootstrap::write_as_leader(&p.raft, cmd);
+    match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(LeaderWriteError::NotLeader)) => Err("not the partition's leader".into()),
+        Ok(Err(LeaderWriteError::Deposed)) => {
             Err("this node stopped leading the partition before the entry committed".into())
         }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "not committed within {COMMIT_TIMEOUT:?} (no quorum for the partition's Raft group?)"
+        )),
     }
 }
 
