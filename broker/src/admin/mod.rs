@@ -212,19 +212,51 @@ fn offsets(
 }
 
 /// A connection to the group coordinator (the one node that serves every group's
-/// requests), found through the broker `client` talks to.
-fn coordinator(client: &mut AdminClient, group: &str) -> anyhow::Result<AdminClient> {
+/// requests), found through the broker `client` talks to. `Err(code)` for a coordinator
+/// error from FindCoordinator.
+fn coordinator(client: &mut AdminClient, group: &str) -> anyhow::Result<Result<AdminClient, i16>> {
     let mut req = FindCoordinatorRequest::default();
     req.key = str_bytes(group);
     let resp = client.call(&req, 2)?;
     if resp.error_code != 0 {
-        bail!(
-            "find the group coordinator: {} (is the cluster's offsets group up?)",
-            error_name(resp.error_code)
-        );
+        return Ok(Err(resp.error_code));
     }
-    AdminClient::connect(&format!("{}:{}", resp.host.as_str(), resp.port))
-        .context("connect to the group coordinator")
+    let c = AdminClient::connect(&format!("{}:{}", resp.host.as_str(), resp.port))
+        .context("connect to the group coordinator")?;
+    Ok(Ok(c))
+}
+
+/// Coordinator errors that pass by themselves: COORDINATOR_LOAD_IN_PROGRESS,
+/// COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR (the role is moving or loading its groups).
+fn coordinator_moving(code: i16) -> bool {
+    matches!(code, 14..=16)
+}
+
+/// Runs `request` against the group coordinator, looking it up again while it is moving or
+/// loading (as Kafka's admin client retries these errors), for up to 15 s. `request`
+/// answers `Err(code)` for a coordinator error in the response.
+fn with_coordinator<T>(
+    bootstrap: &mut AdminClient,
+    group: &str,
+    mut request: impl FnMut(&mut AdminClient) -> anyhow::Result<Result<T, i16>>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let answer = match coordinator(bootstrap, group)? {
+            Ok(mut client) => request(&mut client)?,
+            Err(code) => Err(code),
+        };
+        match answer {
+            Ok(t) => return Ok(t),
+            Err(code) if coordinator_moving(code) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(code) => bail!(
+                "group coordinator: {} (is the cluster's offsets group up?)",
+                error_name(code)
+            ),
+        }
+    }
 }
 
 pub fn topics(target: &Target, command: &TopicsCommand) -> anyhow::Result<()> {
@@ -350,10 +382,15 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
         GroupsCommand::List => "",
         GroupsCommand::Describe { group } => group.as_str(),
     };
-    let mut client = coordinator(&mut bootstrap, key)?;
     match command {
         GroupsCommand::List => {
-            let resp = client.call(&ListGroupsRequest::default(), 4)?;
+            let resp = with_coordinator(&mut bootstrap, key, |client| {
+                let resp = client.call(&ListGroupsRequest::default(), 4)?;
+                Ok(match resp.error_code {
+                    0 => Ok(resp),
+                    e => Err(e),
+                })
+            })?;
             let mut rows = vec![vec!["GROUP".into(), "STATE".into(), "PROTOCOL".into()]];
             let mut out = Vec::new();
             for g in &resp.groups {
@@ -369,8 +406,22 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
         GroupsCommand::Describe { group } => {
             let mut req = DescribeGroupsRequest::default();
             req.groups = vec![GroupId(str_bytes(group.clone()))];
+            let mut of = OffsetFetchRequest::default();
+            of.group_id = GroupId(str_bytes(group.clone()));
+            of.topics = None;
             // v6 answers GROUP_ID_NOT_FOUND for a group the coordinator does not know.
-            let resp = client.call(&req, 6)?;
+            let (resp, committed) = with_coordinator(&mut bootstrap, key, |client| {
+                let resp = client.call(&req, 6)?;
+                let g_err = resp.groups.first().map(|g| g.error_code).unwrap_or(0);
+                if coordinator_moving(g_err) {
+                    return Ok(Err(g_err));
+                }
+                let committed = client.call(&of, 7)?;
+                if coordinator_moving(committed.error_code) {
+                    return Ok(Err(committed.error_code));
+                }
+                Ok(Ok((resp, committed)))
+            })?;
             let Some(g) = resp.groups.first() else {
                 bail!("no answer for group {group}")
             };
@@ -383,10 +434,6 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
             if g.error_code != 0 {
                 bail!("group {group}: {}", error_name(g.error_code));
             }
-            let mut of = OffsetFetchRequest::default();
-            of.group_id = GroupId(str_bytes(group.clone()));
-            of.topics = None;
-            let committed = client.call(&of, 7)?;
             let mut rows = vec![vec![
                 "TOPIC".into(),
                 "PARTITION".into(),
@@ -397,7 +444,7 @@ pub fn groups(target: &Target, command: &GroupsCommand) -> anyhow::Result<()> {
             let mut out = Vec::new();
             for t in &committed.topics {
                 let ids: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
-                let latest = offsets(&mut client, t.name.0.as_str(), &ids, -1)?;
+                let latest = offsets(&mut bootstrap, t.name.0.as_str(), &ids, -1)?;
                 for p in &t.partitions {
                     let end = latest.get(&p.partition_index).copied().unwrap_or(-1);
                     let lag = if p.committed_offset >= 0 && end >= 0 {
