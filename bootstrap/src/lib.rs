@@ -490,19 +490,14 @@ async fn start_group<A: ApplyState>(
             .restore(&snapshot.to_bytes())
             .map_err(raft_err)?;
         // A group restored onto an empty log (a wiped or new data directory) must not
-        // start an election in a term older than the entries its snapshot covers. It
-        // records the vote of that term's leader as seen (committed), not a vote for
-        // itself: that would compete with a live leader of the same term.
+        // start an election in a term older than the entries its snapshot covers.
         let vote = log_store
             .read_vote()
             .await
             .map_err(|e| raft_err(e.to_string()))?;
         if let (None, Some(covered)) = (vote, covered) {
             log_store
-                .save_vote(&Vote::new_committed(
-                    covered.leader_id.term,
-                    covered.leader_id.node_id,
-                ))
+                .save_vote(&restored_vote(node_id, covered.leader_id))
                 .await
                 .map_err(|e| raft_err(e.to_string()))?;
         }
@@ -528,6 +523,25 @@ async fn start_group<A: ApplyState>(
         }
     }
     Ok(raft)
+}
+
+/// The vote a group restored from the bucket onto an empty log starts with, given the
+/// leader of the last entry its snapshot covers.
+///
+/// - Another node: its vote in that term, as seen (committed), so that this node does not
+///   campaign in a term older than its snapshot, nor compete with a live leader of it.
+/// - This node itself (it led the group before its disk was lost): a vote for itself
+///   that is *not* committed. A committed vote for itself makes openraft start it as
+///   that term's leader, with only the snapshot's entries: the followers' later entries
+///   of the same term, acknowledged to producers, would be overwritten by new ones
+///   under the same log ids. Uncommitted, it starts as a follower, and the next leader
+///   (one with the whole log) brings it up to date.
+pub fn restored_vote(node_id: NodeId, leader: openraft::LeaderId<NodeId>) -> Vote {
+    if leader.node_id == node_id {
+        Vote::new(leader.term, node_id)
+    } else {
+        Vote::new_committed(leader.term, leader.node_id)
+    }
 }
 
 /// The group's leader as this node knows it: itself when it leads, else the leader it
@@ -665,4 +679,21 @@ fn spawn_snapshotter(raft: Raft, interval: Duration) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_restored_from_the_bucket_never_resumes_its_own_leadership() {
+        // It led term 4 before its disk was lost: it must come back as a follower.
+        let own = restored_vote(1, openraft::LeaderId::new(4, 1));
+        assert!(!own.is_committed());
+        assert_eq!(own.leader_id(), &openraft::LeaderId::new(4, 1));
+        // Another node led: that leadership is recorded as seen.
+        let other = restored_vote(1, openraft::LeaderId::new(4, 2));
+        assert!(other.is_committed());
+        assert_eq!(other.leader_id(), &openraft::LeaderId::new(4, 2));
+    }
 }
