@@ -481,6 +481,58 @@ def test_a_paused_node_does_not_depose_leaders_that_never_failed(cluster):
     assert_numbered(cluster.consume_all(topic, range(PARTS)), 600)
 
 
+def test_idle_partitions_go_quiet_and_wake_for_writes_and_failures(cluster):
+    # Every partition is a Raft group with its own heartbeats. An idle one goes quiet: its
+    # leader stops them, and one beacon per node pair and interval stands in for all.
+    topic = "cl-quiet"
+    parts = 30
+    cluster.create_topic(topic, parts, replication_factor=3)
+
+    def total(name, nodes=None):
+        return sum(sum(n.metric(name).values()) for n in (nodes or cluster.live()))
+
+    def all_quiet():
+        return total("chronik_raft_quiet_groups") >= parts
+
+    def wait_quiet():
+        wait_until(all_quiet, timeout=30, interval=0.25, what="every partition to go quiet",
+                   detail=lambda: {n.node_id: n.metric("chronik_raft_quiet_groups")
+                                   for n in cluster.live()})
+
+    wait_quiet()
+    sent0, t0 = total("chronik_raft_messages_sent_total"), time.monotonic()
+    time.sleep(3)
+    rate = (total("chronik_raft_messages_sent_total") - sent0) / (time.monotonic() - t0)
+    # Heartbeating, 30 partitions x 2 followers x 10 per second would be 600 RPCs/s;
+    # quiet, it is one beacon per node pair and interval (60/s), whatever the count.
+    assert rate < 200, f"{rate:.0f} Raft RPCs/s from an idle cluster with {parts} partitions"
+
+    # A write is served at once by a quiet partition.
+    produce_numbered(cluster, topic, 0, 300, parts=parts)
+    time.sleep(0.5)  # the metric is a round (100 ms) old: let it see the writes first
+
+    # A replica that lost its disk while its partitions were quiet finds itself behind in
+    # the beacons, asks for heartbeats, and catches up.
+    wait_quiet()
+    leaders = cluster.wait_leaders(topic, parts)
+    wiped = min(cluster.live(), key=lambda n: leader_counts(leaders)[n.node_id])
+    wiped.kill9()
+    wiped.wipe()
+    wiped.start()
+    cluster.wait_brokers(3)
+    wait_caught_up(cluster, wiped)
+
+    # A dead leader's beacons stop as its heartbeats would: its partitions elect new
+    # leaders, and every acknowledged record is still there.
+    wait_quiet()
+    leaders = cluster.wait_leaders(topic, parts)
+    dead = max(cluster.live(), key=lambda n: leader_counts(leaders)[n.node_id])
+    dead.kill9()
+    cluster.wait_leaders(topic, parts, exclude={dead.node_id})
+    produce_numbered(cluster, topic, 300, 300, parts=parts)
+    assert_numbered(cluster.consume_all(topic, range(parts)), 600, parts=parts)
+
+
 def test_a_move_to_a_node_that_is_down_waits_for_it(cluster):
     # Kafka keeps a partition's old replicas serving until the new ones have caught up.
     # A move onto a node that is down must not hand the partition to it.

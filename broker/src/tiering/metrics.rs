@@ -176,9 +176,10 @@ pub fn render_group_progress(broker: &crate::broker::Broker) -> String {
         row(p.group, &p.raft);
     }
     let (sent, received) = broker.node.transport.message_counts();
+    let quiet = broker.node.transport.quiet_groups();
     let _ = writeln!(
         out,
-        "# TYPE chronik_raft_messages_sent_total counter\nchronik_raft_messages_sent_total {sent}\n# TYPE chronik_raft_messages_received_total counter\nchronik_raft_messages_received_total {received}"
+        "# TYPE chronik_raft_messages_sent_total counter\nchronik_raft_messages_sent_total {sent}\n# TYPE chronik_raft_messages_received_total counter\nchronik_raft_messages_received_total {received}\n# TYPE chronik_raft_quiet_groups gauge\nchronik_raft_quiet_groups {quiet}"
     );
     out
 }

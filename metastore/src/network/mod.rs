@@ -12,6 +12,7 @@
 //! node that is not a voter ask to follow the metadata group ([`Transport::join`]).
 
 mod gate;
+pub mod quiet;
 pub mod server;
 pub mod wire;
 
@@ -79,6 +80,7 @@ pub struct Transport {
     /// When each peer last answered a call or sent one of its own (of this cluster).
     heard: RwLock<HashMap<NodeId, Instant>>,
     gate: Mutex<gate::GateState>,
+    quiet: Mutex<quiet::QuietState>,
     timeout: Duration,
 }
 
@@ -100,6 +102,7 @@ impl Transport {
             received: AtomicU64::new(0),
             heard: RwLock::new(HashMap::new()),
             gate: Mutex::new(gate::GateState::default()),
+            quiet: Mutex::new(quiet::QuietState::default()),
             timeout: Duration::from_secs(5),
         })
     }
@@ -373,6 +376,9 @@ impl Transport {
             };
             return RpcReply::Joined(join(node, raft_addr).await);
         }
+        if let RpcRequest::Beacon(list) = envelope.request {
+            return RpcReply::Beacon(self.receive_beacon(envelope.from, list));
+        }
         let Some(raft) = self.groups.read().get(&envelope.group).cloned() else {
             return RpcReply::Refused(format!(
                 "node {} does not run raft group {} (yet)",
@@ -381,7 +387,7 @@ impl Transport {
         };
         match envelope.request {
             RpcRequest::Append(rpc) => {
-                self.heard_leader(envelope.group, &raft);
+                self.heard_leader(envelope.group, &raft, false);
                 RpcReply::Append(raft.append_entries(rpc).await)
             }
             RpcRequest::Vote(rpc) => RpcReply::Vote(raft.vote(rpc).await),
@@ -410,7 +416,9 @@ impl Transport {
                 );
                 RpcReply::Steered
             }
-            RpcRequest::Join { .. } => RpcReply::Refused("join handled above".into()),
+            RpcRequest::Join { .. } | RpcRequest::Beacon(_) => {
+                RpcReply::Refused("handled above".into())
+            }
         }
     }
 }
@@ -462,7 +470,7 @@ pub async fn hand_off(transport: &Transport, raft: &Raft, group: GroupId, to: No
         return false;
     }
     steer(transport, raft.clone(), group, false, window);
-    raft.runtime_config().heartbeat(false);
+    transport.hold_heartbeats(group, raft, Some(Instant::now() + window));
     let mut metrics = raft.metrics();
     let moved = tokio::time::timeout(window, async {
         loop {
@@ -476,7 +484,7 @@ pub async fn hand_off(transport: &Transport, raft: &Raft, group: GroupId, to: No
     })
     .await
     .is_ok();
-    raft.runtime_config().heartbeat(true);
+    transport.hold_heartbeats(group, raft, None);
     moved
 }
 

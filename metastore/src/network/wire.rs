@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
+use super::quiet::Quiet;
 use crate::types::{Command, CommandResponse, GroupId, NodeId, TypeConfig};
 
 /// The gRPC path of the one method the transport serves.
@@ -49,6 +50,10 @@ pub enum RpcRequest {
         campaign: bool,
         window_ms: u64,
     },
+    /// The quiet groups the sender leads that the receiver is a member of
+    /// ([`super::quiet`]): one message per node pair and heartbeat interval instead of a
+    /// heartbeat per group.
+    Beacon(Vec<Quiet>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,6 +72,9 @@ pub enum RpcReply {
     /// The sender is misconfigured: it is of another cluster, or its peer list sent this
     /// to the wrong node. Retrying cannot help.
     Misconfigured(String),
+    /// The groups of a beacon whose member wants real heartbeats (it is behind, or sees
+    /// another term or leader).
+    Beacon(Vec<GroupId>),
 }
 
 /// Why a forwarded proposal was not applied.
