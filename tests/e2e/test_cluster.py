@@ -533,6 +533,42 @@ def test_idle_partitions_go_quiet_and_wake_for_writes_and_failures(cluster):
     assert_numbered(cluster.consume_all(topic, range(parts)), 600, parts=parts)
 
 
+def test_a_replica_stopped_while_moved_away_lets_the_partition_go(cluster):
+    # A leader does not replicate to a member it removed, so a replica that was stopped
+    # (or cut off) while its partition moved away never hears of the change. It used to
+    # keep running the group, campaigning, and reporting the partition leaderless in its
+    # Metadata until it was restarted. It now goes by the voters the leader announced.
+    import signal
+    from cluster import metadata_v7
+    if not has_reassign_command():
+        pytest.skip("`chronik partitions reassign` does not exist yet")
+    topic = "cl-moved-away"
+    leaders = cluster.create_topic(topic, PARTS, replication_factor=3)
+    node = cluster.nodes[leaders[0]]
+    others = sorted(n.node_id for n in cluster.live() if n is not node)
+    via = cluster.nodes[others[0]]
+    produce_numbered(cluster, topic, 0, 600)
+    node.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # the others elect new leaders for its partitions
+        r = run_cli("partitions", "reassign", "--bootstrap", via.bootstrap, "--topic", topic,
+                    "--partition", "0", "--replicas", ",".join(map(str, others)),
+                    "--wait", "30")
+        assert r.returncode == 0, f"reassign exited {r.returncode}: {r.stderr}{r.stdout}"
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+
+    def views():
+        return {n.node_id: metadata_v7(n.kafka_port, [topic]).topics[topic].partitions[0].leader
+                for n in cluster.live()}
+    time.sleep(5)  # a leftover replica has resumed and campaigned by now
+    wait_until(lambda: all(leader in others for leader in views().values()), timeout=30,
+               what="every node, the moved-away one too, to report a live new replica as "
+                    "the leader", detail=views)
+    produce_numbered(cluster, topic, 600, 600)
+    assert_numbered(cluster.consume_all(topic, range(PARTS)), 1200)
+
+
 def test_a_move_to_a_node_that_is_down_waits_for_it(cluster):
     # Kafka keeps a partition's old replicas serving until the new ones have caught up.
     # A move onto a node that is down must not hand the partition to it.

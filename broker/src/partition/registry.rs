@@ -294,12 +294,13 @@ impl Registry {
             }
         }
         let mut wanted: HashMap<(String, i32), PartitionMeta> = HashMap::new();
-        let mut existing: HashMap<GroupId, ()> = HashMap::new();
+        // Per partition group: the Raft voters its leader last announced.
+        let mut existing: HashMap<GroupId, &[NodeId]> = HashMap::new();
         let mut topic_ids: HashMap<String, uuid::Uuid> = HashMap::new();
         for (name, topic) in &meta.topics {
             topic_ids.insert(name.clone(), topic.id);
             for (i, p) in topic.partitions.iter().enumerate() {
-                existing.insert(p.group, ());
+                existing.insert(p.group, &p.voters);
                 if p.replicas.contains(&node_id) {
                     wanted.insert((name.clone(), i as i32), p.clone());
                 }
@@ -309,11 +310,18 @@ impl Registry {
             let map = self.partitions.read();
             map.iter()
                 .filter(|(k, p)| wanted.get(*k).map(|w| w.group) != Some(p.group))
-                // A replica moved away serves until the leader removed it from the group.
-                .filter(|(_, p)| {
-                    !existing.contains_key(&p.group) || {
+                // A replica moved away serves until the leader removed it from the group:
+                // as this replica's log says, or, for one that was stopped or cut off
+                // during the move (the leader does not replicate to a removed member, so
+                // its log never says), as the leader announced. The leader announces its
+                // voters without this node only once the joint configuration is
+                // committed, so the others hold everything committed.
+                .filter(|(_, p)| match existing.get(&p.group) {
+                    None => true,
+                    Some(announced) => {
                         let (voters, learners) = p.membership();
-                        !voters.contains(&node_id) && !learners.contains(&node_id)
+                        (!voters.contains(&node_id) && !learners.contains(&node_id))
+                            || (!announced.is_empty() && !announced.contains(&node_id))
                     }
                 })
                 .map(|(_, p)| p.clone())
