@@ -531,6 +531,9 @@ def test_idle_partitions_go_quiet_and_wake_for_writes_and_failures(cluster):
     cluster.wait_leaders(topic, parts, exclude={dead.node_id})
     produce_numbered(cluster, topic, 300, 300, parts=parts)
     assert_numbered(cluster.consume_all(topic, range(parts)), 600, parts=parts)
+    # A member that is down does not keep its partitions awake.
+    time.sleep(0.5)
+    wait_quiet()
 
 
 def test_a_replica_stopped_while_moved_away_lets_the_partition_go(cluster):

@@ -17,6 +17,8 @@
 //!   as an AppendEntries would. A member that does not agree (another term, no leader
 //!   known after a restart, a shorter log) names the group in its answer, and the leader
 //!   wakes the group's heartbeats for [`WAKE_FOR`], so that Raft itself sorts it out.
+//! - A member not heard from for [`ABSENT_AFTER`] (down, stopped, cut off) does not keep
+//!   a group awake; it still gets beacons, and asks for heartbeats once it is back.
 //! - A write needs no waking: openraft replicates new entries whatever the heartbeat
 //!   switch, and the next round sees the new entry and switches heartbeats back on.
 //! - A leader that dies stops its beacons too, so its followers' gates open after the
@@ -39,6 +41,8 @@ use crate::types::{GroupId, NodeId, Raft, METADATA_GROUP};
 
 /// How long a group led here must go without a new entry before it goes quiet.
 pub const QUIET_AFTER: Duration = Duration::from_secs(1);
+/// A member not heard from for this long does not keep its groups awake.
+pub const ABSENT_AFTER: Duration = Duration::from_secs(2);
 /// How long a group stays awake after a member asked for heartbeats.
 pub const WAKE_FOR: Duration = Duration::from_secs(1);
 /// How long groups with a member that cannot read beacons stay awake before it is asked
@@ -200,6 +204,7 @@ impl Transport {
             .collect();
         let mut beacons: BTreeMap<NodeId, (Option<String>, Vec<Quiet>)> = BTreeMap::new();
         let elections = self.elections_allowed();
+        let mut absent: HashMap<NodeId, bool> = HashMap::new();
         let mut quiet = self.quiet.lock();
         quiet.woken.retain(|_, until| *until > now);
         quiet.silenced.retain(|_, until| *until > now);
@@ -241,10 +246,23 @@ impl Transport {
                     .and_then(|r| r.get(&node))
                     .map(|l| l.map(|l| l.index))
             };
+            // A member not heard from for a while (down, stopped, cut off) does not keep
+            // the group awake: heartbeats cannot reach it either. It is still sent
+            // beacons, and asks for heartbeats when it is back and finds itself behind.
+            let present: Vec<NodeId> = members
+                .iter()
+                .copied()
+                .filter(|n| {
+                    let gone = absent.entry(*n).or_insert_with(|| {
+                        self.heard_since(*n).is_none_or(|ago| ago > ABSENT_AFTER)
+                    });
+                    !*gone
+                })
+                .collect();
             let view = LeaderView {
                 last_log,
                 applied: m.last_applied.map(|l| l.index),
-                members: &members,
+                members: &present,
                 matched: &matched,
             };
             if quiet.silenced.contains_key(&group) {
@@ -367,14 +385,18 @@ impl Transport {
                 }
             };
             let verdict = view.judge(from, &beacon);
-            tracing::debug!(
-                group = beacon.group,
-                from,
-                ?beacon,
-                ?view,
-                ?verdict,
-                "beacon"
-            );
+            if verdict.agrees {
+                tracing::trace!(group = beacon.group, from, ?beacon, "beacon agrees");
+            } else {
+                tracing::debug!(
+                    group = beacon.group,
+                    from,
+                    ?beacon,
+                    ?view,
+                    ?verdict,
+                    "beacon: asking for heartbeats"
+                );
+            }
             if verdict.heard {
                 self.heard_leader(beacon.group, &raft, true);
             }
