@@ -234,12 +234,24 @@ impl Transport {
                     now
                 }
             };
+            if quiet.silenced.contains_key(&group) {
+                continue;
+            }
             let membership = m.membership_config.membership();
             let members: Vec<NodeId> = membership
                 .nodes()
                 .map(|(id, _)| *id)
                 .filter(|id| *id != self.node_id)
                 .collect();
+            if members.is_empty() {
+                // The only member: nobody to heartbeat, and nobody to elect.
+                let none = Switches {
+                    heartbeat: false,
+                    tick: false,
+                };
+                quiet.set_switches(group, &raft, none);
+                continue;
+            }
             let matched = |node: NodeId| {
                 m.replication
                     .as_ref()
@@ -265,18 +277,6 @@ impl Transport {
                 members: &present,
                 matched: &matched,
             };
-            if quiet.silenced.contains_key(&group) {
-                continue;
-            }
-            if members.is_empty() {
-                // The only member: nobody to heartbeat, and nobody to elect.
-                let none = Switches {
-                    heartbeat: false,
-                    tick: false,
-                };
-                quiet.set_switches(group, &raft, none);
-                continue;
-            }
             let is_quiet = now.duration_since(since) >= QUIET_AFTER
                 && view.settled()
                 && !quiet.woken.contains_key(&group)
