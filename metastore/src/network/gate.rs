@@ -52,11 +52,6 @@ impl Transport {
         self.quiet.lock().forget(group);
     }
 
-    /// What the gate last set each group's election switch to.
-    pub(super) fn elections_allowed(&self) -> std::collections::HashMap<GroupId, bool> {
-        self.gate.lock().allowed.clone()
-    }
-
     /// Keeps this node from campaigning in `group` for `window`.
     pub(super) fn hold_elections(&self, group: GroupId, window: Duration) {
         let until = Instant::now() + window;
@@ -92,13 +87,21 @@ impl Transport {
                     frozen_until = now + max * 2;
                 }
                 last = now;
-                transport.apply_gate(now, min, max, now < frozen_until);
-                transport.quiet_round(now, min);
+                let groups = transport.apply_gate(now, min, max, now < frozen_until);
+                transport.quiet_round(now, min, groups);
             }
         });
     }
 
-    fn apply_gate(&self, now: Instant, min: Duration, max: Duration, frozen: bool) {
+    /// Sets every registered group's election switch; returns the groups, each with
+    /// whether this node may campaign in it.
+    fn apply_gate(
+        &self,
+        now: Instant,
+        min: Duration,
+        max: Duration,
+        frozen: bool,
+    ) -> Vec<(GroupId, crate::types::Raft, bool)> {
         let groups: Vec<(GroupId, crate::types::Raft)> = self
             .groups
             .read()
@@ -107,6 +110,7 @@ impl Transport {
             .collect();
         let mut gate = self.gate.lock();
         gate.held.retain(|_, until| *until > now);
+        let mut decided = Vec::with_capacity(groups.len());
         for (group, raft) in groups {
             let follower = raft.metrics().borrow().state == ServerState::Follower;
             let timeout = *gate
@@ -126,7 +130,9 @@ impl Transport {
                 gate.allowed.insert(group, allow);
                 raft.runtime_config().elect(allow);
             }
+            decided.push((group, raft, allow));
         }
+        decided
     }
 }
 

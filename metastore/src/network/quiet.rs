@@ -195,22 +195,22 @@ impl Transport {
 
     /// One round: decides which groups led here are quiet, sets their heartbeat switches,
     /// and sends each peer its beacon.
-    pub(super) fn quiet_round(self: &Arc<Self>, now: Instant, ttl: Duration) {
-        let groups: Vec<(GroupId, Raft)> = self
-            .groups
-            .read()
-            .iter()
-            .map(|(g, r)| (*g, r.clone()))
-            .collect();
+    /// `groups` are the registered groups, each with whether the election gate lets this
+    /// node campaign in it (this round's [`Transport::apply_gate`]).
+    pub(super) fn quiet_round(
+        self: &Arc<Self>,
+        now: Instant,
+        ttl: Duration,
+        groups: Vec<(GroupId, Raft, bool)>,
+    ) {
         let mut beacons: BTreeMap<NodeId, (Option<String>, Vec<Quiet>)> = BTreeMap::new();
-        let elections = self.elections_allowed();
         let mut absent: HashMap<NodeId, bool> = HashMap::new();
         let mut quiet = self.quiet.lock();
         quiet.woken.retain(|_, until| *until > now);
         quiet.silenced.retain(|_, until| *until > now);
         quiet.deaf.retain(|_, until| *until > now);
         quiet.quiet = 0;
-        for (group, raft) in groups {
+        for (group, raft, may_campaign) in groups {
             let metrics = raft.metrics();
             let m = metrics.borrow();
             if m.state != ServerState::Leader {
@@ -220,7 +220,7 @@ impl Transport {
                     // timer runs while the gate lets this member campaign.
                     let want = Switches {
                         heartbeat: true,
-                        tick: elections.get(&group).copied().unwrap_or(true),
+                        tick: may_campaign,
                     };
                     quiet.set_switches(group, &raft, want);
                 }
